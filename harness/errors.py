@@ -1,0 +1,17 @@
+"""User-facing errors: a mistake in a config, a path or the data gets one line and a non-zero exit."""
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the entry points print its message on one line, without a traceback."""
+
+
+class ConfigError(UserError):
+    """A config file, a CLI override or a key in them is wrong."""
+
+
+class DataError(UserError):
+    """The data folder or an image in it is wrong."""
+
+
+class CheckpointError(UserError):
+    """A run directory, checkpoint or weights file is missing or unusable."""

@@ -1,0 +1,34 @@
+"""Infer: ``accelerate launch harness/infer.py --run runs/<name> [--split test] [--checkpoint best|last]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from harness.cli import run_cli  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Predictions and metrics from a finished run.")
+    parser.add_argument("--run", required=True, help="the run directory, e.g. runs/digits")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: test")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"], help="default: best")
+    parser.add_argument("--images", nargs="+", metavar="PATH", help="unlabeled image files or folders instead of a split")
+    parser.add_argument("--out", help="output folder (default: <run>/inference/<split or images>)")
+    parser.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="default: as the run trained")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.inference import infer
+
+    return run_cli(lambda: infer(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

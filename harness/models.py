@@ -1,0 +1,107 @@
+"""Models by name: every torchvision classification model, plus custom ones registered here.
+
+Adding a model is one function decorated with ``@register_model("name")`` that takes ``num_classes``
+(and any keyword arguments, which come from ``model.kwargs`` in the config) and returns an ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from harness.config import ModelConfig
+from harness.errors import ConfigError
+
+CUSTOM_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        CUSTOM_MODELS[name] = fn
+        return fn
+
+    return wrap
+
+
+def available_models() -> list[str]:
+    return sorted(CUSTOM_MODELS) + torchvision.models.list_models(module=torchvision.models)
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    try:
+        if cfg.name in CUSTOM_MODELS:
+            if cfg.pretrained:
+                raise ConfigError(f"model.pretrained: {cfg.name} has no pretrained weights; set model.pretrained: false")
+            return CUSTOM_MODELS[cfg.name](num_classes=num_classes, **cfg.kwargs)
+        if cfg.name not in torchvision.models.list_models(module=torchvision.models):
+            close = difflib.get_close_matches(cfg.name, available_models(), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see torchvision.models.list_models() or harness.models"
+            raise ConfigError(f"model.name: unknown model '{cfg.name}' ({hint})")
+        if not cfg.pretrained:
+            return torchvision.models.get_model(cfg.name, weights=None, num_classes=num_classes, **cfg.kwargs)
+        model = torchvision.models.get_model(cfg.name, weights=_cached_weights(cfg.name), **cfg.kwargs)
+        _replace_head(model, num_classes)
+        return model
+    except (TypeError, ValueError) as e:  # bad model.kwargs, or a size the architecture refuses
+        raise ConfigError(f"model.kwargs: {cfg.name} cannot be built with {cfg.kwargs}: {e}") from None
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _cached_weights(name: str):
+    """torchvision's default weights for ``name``, only if already in the local torch hub cache."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not path.is_file():
+        raise ConfigError(
+            f"model.pretrained: weights for {name} are not in the local torch cache ({path}); "
+            "copy the file there or set model.pretrained: false (nothing is downloaded)"
+        )
+    return weights
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    """Swap the last classification layer (Linear, or 1x1 Conv2d for SqueezeNet) for one with num_classes outputs."""
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    name, old = heads[-1]
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], new)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Custom models
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+@register_model("compact_cnn")
+def compact_cnn(num_classes: int, width: int = 32, dropout: float = 0.0) -> nn.Module:
+    """A small VGG-style CNN for small images (32x32 and up): three stages, global average pooling."""
+    w = width
+    return nn.Sequential(
+        _conv_bn_relu(3, w),
+        _conv_bn_relu(w, w),
+        nn.MaxPool2d(2),
+        _conv_bn_relu(w, 2 * w),
+        _conv_bn_relu(2 * w, 2 * w),
+        nn.MaxPool2d(2),
+        _conv_bn_relu(2 * w, 4 * w),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(4 * w, num_classes),
+    )

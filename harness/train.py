@@ -1,0 +1,36 @@
+"""Train: ``accelerate launch harness/train.py --config configs/digits.yaml [section.key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from harness.cli import run_cli  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train an image classifier. Overrides use the dotted form section.key=value.",
+        epilog="example: accelerate launch harness/train.py --config configs/digits.yaml optim.lr=0.05 train.epochs=5",
+    )
+    parser.add_argument("--config", help="run config (YAML); optional with --resume (the run's own is used)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    parser.add_argument("--run-name", help="default: the config name plus the overrides")
+    parser.add_argument("--output-dir", default="runs", help="parent of run directories (default: runs)")
+    parser.add_argument("--resume", metavar="PATH", help="a run directory (its last checkpoint) or a checkpoint folder")
+    parser.add_argument("--force", action="store_true", help="start over in an existing run directory, deleting it")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.training import train
+
+    return run_cli(lambda: train(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

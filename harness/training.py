@@ -1,0 +1,165 @@
+"""Training from start to end: config -> run dir -> data -> model -> prepare -> [resume] -> fit -> test."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+
+from harness.accel import build_accelerator, log_to_file, setup_logging
+from harness.builtin import builtin_root
+from harness.checkpoint import TrainState, resolve_resume
+from harness.config import Config, DataConfig, load_config, run_name_for
+from harness.data import DataSplits, ImageListDataset, build_loader, build_transform, discover_splits
+from harness.engine import Trainer
+from harness.errors import CheckpointError
+from harness.models import build_model, num_parameters
+from harness.optim import build_criterion, build_optimizer, build_scheduler
+from harness.reporting import Reporter
+from harness.rundir import RunDir
+from harness.signals import TrainingInterrupted
+
+logger = get_logger(__name__)
+
+
+def data_root(cfg: DataConfig) -> Path:
+    return builtin_root(cfg.builtin, cfg.cache_dir) if cfg.builtin else Path(cfg.root).expanduser()
+
+
+def eval_loaders(cfg: Config, splits: DataSplits) -> dict:
+    """One unshuffled, unaugmented loader per split."""
+    transform = build_transform(cfg.data, train=False)
+    batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
+    return {
+        split: build_loader(ImageListDataset(splits.root, samples, transform), batch_size, shuffle=False,
+                            num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+        for split, samples in splits.splits.items()
+    }
+
+
+def resolve_run(args: argparse.Namespace) -> tuple[Config, RunDir, Path | None]:
+    """The config, the run directory and the checkpoint to resume from (None for a new run)."""
+    if args.resume:
+        run, checkpoint = resolve_resume(args.resume)
+        cfg = load_config(args.config or run.config, args.overrides)
+        return cfg, run, checkpoint
+    if not args.config:
+        raise CheckpointError("--config is required to start a run (or --resume RUN_DIR to continue one)")
+    cfg = load_config(args.config, args.overrides)
+    run = RunDir(Path(args.output_dir) / (args.run_name or run_name_for(cfg, args.overrides)))
+    if run.config.exists() and not args.force:
+        raise CheckpointError(
+            f"{run.root} already holds a run: --resume {run.root} continues it, --run-name NAME starts "
+            "another, --force starts over in it (deleting it)"
+        )
+    return cfg, run, None
+
+
+def train(args: argparse.Namespace) -> int:
+    """Run training; returns the process exit code."""
+    cfg, run, resume_from = resolve_run(args)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.seed)
+    setup_logging(accelerator)
+    set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
+
+    with accelerator.main_process_first():  # materialise built-in data once
+        root = data_root(cfg.data)
+    splits = DataSplits.load(run.splits, root) if resume_from else discover_splits(cfg.data, root)
+    train_set = ImageListDataset(root, splits.splits["train"], build_transform(cfg.data, train=True),
+                                 augment_seed=cfg.train.seed)
+    train_loader = build_loader(train_set, cfg.train.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
+                                seed=cfg.train.seed)
+    loaders = eval_loaders(cfg, splits)
+    model = build_model(cfg.model, len(splits.classes))
+    optimizer = build_optimizer(cfg.optim, model)
+    class_counts = [sum(1 for _, label in splits.splits["train"] if label == c) for c in range(len(splits.classes))]
+    criterion = build_criterion(cfg.loss, class_counts).to(accelerator.device)
+
+    _prepare_run_dir(accelerator, run, cfg, splits, fresh=resume_from is None and args.force)
+    log_to_file(accelerator, run.log_file)
+    logger.info(f"run {run.root}  ({accelerator.distributed_type}, {accelerator.num_processes} process(es), "
+                f"device {accelerator.device}, mixed precision {accelerator.mixed_precision})")
+    logger.info(f"data {root}: {len(splits.classes)} classes, "
+                + ", ".join(f"{s} {len(v)}" for s, v in splits.splits.items()))
+
+    model, prepared_optimizer, train_loader, *prepared_eval = accelerator.prepare(
+        model, optimizer, train_loader, *loaders.values()
+    )
+    loaders = dict(zip(loaders, prepared_eval))
+    updates_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum_steps)
+    scheduler = accelerator.prepare(build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs, updates_per_epoch))
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume_from:
+        accelerator.load_state(str(resume_from))
+        logger.info(f"resumed from {resume_from}: epoch {state.epoch}, batch {state.batch_in_epoch}, "
+                    f"step {state.global_step}")
+
+    if state.epoch >= cfg.train.epochs and _previous_status(run) == "completed":
+        logger.info(f"{run.root} already completed {state.epoch} epochs: raise train.epochs to train longer")
+        return 0
+
+    reporter = Reporter(run, accelerator.is_main_process, cfg.log.tensorboard,
+                        purge_step=state.global_step + 1 if resume_from else None)
+    weights_meta = {
+        "run": run.name, "model": cfg.model.name, "model_kwargs": cfg.model.kwargs, "classes": splits.classes,
+        "image_size": cfg.data.image_size, "mean": cfg.data.mean, "std": cfg.data.std,
+    }
+    trainer = Trainer(accelerator, cfg, run, model, prepared_optimizer, scheduler, criterion, train_loader,
+                      loaders["val"], state, reporter, weights_meta)
+    reporter.update_summary(
+        status="running", run=run.name, run_dir=str(run.root), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        resumed_from=str(resume_from) if resume_from else None, **_environment(accelerator),
+        num_parameters=num_parameters(accelerator.unwrap_model(model)), num_classes=len(splits.classes),
+        images={split: len(samples) for split, samples in splits.splits.items()}, **trainer.progress_fields(),
+    )
+    try:
+        trainer.fit()
+        results = trainer.test(loaders, {s: [p for p, _ in v] for s, v in splits.splits.items()}, splits.classes)
+    except TrainingInterrupted as stop:
+        reporter.update_summary(status="interrupted", reason=str(stop), **trainer.progress_fields())
+        logger.warning(f"interrupted: {stop}; resume with --resume {run.root}")
+        return stop.exit_code
+    except BaseException as error:
+        reporter.update_summary(status="failed", error=f"{type(error).__name__}: {error}", **trainer.progress_fields())
+        raise
+    finally:
+        reporter.close()
+    reporter.update_summary(status="completed", **trainer.progress_fields(), **results)
+    logger.info(f"done: best val {cfg.checkpoint.monitor} {state.best_metric:.4f} (epoch {state.best_epoch}), "
+                + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith("_acc"))
+                + f"; outputs in {run.root}")
+    return 0
+
+
+def _prepare_run_dir(accelerator: Accelerator, run: RunDir, cfg: Config, splits: DataSplits, fresh: bool) -> None:
+    if accelerator.is_main_process:
+        if fresh:
+            shutil.rmtree(run.root, ignore_errors=True)
+        run.root.mkdir(parents=True, exist_ok=True)
+        cfg.save(run.config)
+        splits.save(run.splits)
+    accelerator.wait_for_everyone()
+
+
+def _environment(accelerator: Accelerator) -> dict:
+    return {
+        "device": str(accelerator.device),
+        "distributed_type": str(accelerator.distributed_type).rsplit(".", 1)[-1],
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+    }
+
+
+def _previous_status(run: RunDir) -> str | None:
+    try:
+        return json.loads(run.summary_json.read_text()).get("status")
+    except (OSError, ValueError):
+        return None
