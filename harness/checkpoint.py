@@ -39,6 +39,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # one record per completed epoch
     epoch_sums: list[float] = field(default_factory=list)  # partial [loss*n, correct, n] of the current epoch
     train_seconds: float = 0.0  # time spent training, over all sessions of the run
+    config: dict = field(default_factory=dict)  # the resolved config this state was trained with
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,6 +7,8 @@ Nothing here branches on device, precision or distribution: ``accelerator.prepar
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -71,21 +73,30 @@ class Trainer:
         self.reporter = reporter
         self.weights_meta = weights_meta
         self.stop = StopRequest()
+        self.session_started = time.perf_counter()
+        # Debugging aid: HARNESS_TRACE_BATCHES=<file> appends "epoch batch sample-indices..." per trained batch
+        # (one file per process), to check the data order across stops and resumes.
+        trace = os.environ.get("HARNESS_TRACE_BATCHES")
+        self.trace = open(f"{trace}.rank{accelerator.process_index}", "a") if trace else None
 
     # ------------------------------------------------------------------------------------------------
 
-    def fit(self) -> None:
+    def fit(self, stop_after_epochs: int | None = None) -> None:
+        """Train to ``train.epochs``, or only ``stop_after_epochs`` more (then stop as interrupted, exit 0)."""
         epochs = self.cfg.train.epochs
+        end = epochs if stop_after_epochs is None else min(epochs, self.state.epoch + stop_after_epochs)
         self.stop.install()
         try:
-            for epoch in range(self.state.epoch, epochs):
+            for epoch in range(self.state.epoch, end):
                 train = self._train_epoch(epoch)
                 val = evaluate(self.accelerator, self.model, self.val_loader)
                 self._end_epoch(epoch, train, val)
                 if self.stop.signum is not None:  # arrived during validation or the save: already checkpointed
-                    raise TrainingInterrupted(self.stop)
+                    raise TrainingInterrupted(f"stopped by {self.stop.name}", self.stop.exit_code)
         finally:
             self.stop.uninstall()
+        if end < epochs:
+            raise TrainingInterrupted(f"stopped after {stop_after_epochs} epoch(s) (--stop-after-epochs)", 0)
 
     def _train_epoch(self, epoch: int) -> EpochStats:
         acc, cfg, state = self.accelerator, self.cfg, self.state
@@ -101,7 +112,9 @@ class Trainer:
         bar = tqdm(total=len(self.train_loader), initial=skip, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not (acc.is_main_process and cfg.log.progress and sys.stderr.isatty()), leave=False)
         started = time.perf_counter()
-        for batch_index, (images, labels, _) in enumerate(loader, start=skip):
+        for batch_index, (images, labels, indices) in enumerate(loader, start=skip):
+            if self.trace:
+                print(epoch, batch_index, *indices.tolist(), file=self.trace, flush=True)
             with acc.accumulate(self.model):
                 with acc.autocast():
                     logits = self.model(images)
@@ -153,9 +166,9 @@ class Trainer:
         logger.warning(f"stop requested ({self.stop.name or 'by another process'}): saving a checkpoint at epoch "
                        f"{state.epoch + 1}, batch {state.batch_in_epoch}")
         save_checkpoint(self.accelerator, self.run, "last", state)
-        if self.stop.signum is None:  # another rank got the signal; exit the same way
-            self.stop.signum = 15
-        raise TrainingInterrupted(self.stop)
+        if self.stop.signum is None:  # another process got the signal; exit the same way
+            self.stop.signum = signal.SIGTERM
+        raise TrainingInterrupted(f"stopped by {self.stop.name}", self.stop.exit_code)
 
     def _end_epoch(self, epoch: int, train: EpochStats, val: Predictions) -> None:
         state, monitor = self.state, self.cfg.checkpoint.monitor
@@ -184,7 +197,8 @@ class Trainer:
             copy_checkpoint(self.accelerator, self.run, "last", "best")
             if self.accelerator.is_main_process:
                 copy_weights(self.run, "last", "best")
-        self.reporter.scalars({f"epoch/{k}": record[k] for k in record if k != "epoch"}, epoch + 1)
+        # Every scalar is on the optimizer-update axis, so a resume can purge what followed its checkpoint.
+        self.reporter.scalars({f"epoch/{k}": record[k] for k in record}, state.global_step)
         self.reporter.write_history(state.history)
         self.reporter.update_summary(**self.progress_fields(), last=record)
         self.reporter.flush()
@@ -203,6 +217,7 @@ class Trainer:
             f"best_{self.cfg.checkpoint.monitor}": s.best_metric,
             "best_epoch": s.best_epoch,
             "train_seconds": round(s.train_seconds, 3),
+            "session_seconds": round(time.perf_counter() - self.session_started, 3),
             "images_per_second": s.history[-1]["images_per_second"] if s.history else None,
         }
 
@@ -229,7 +244,7 @@ class Trainer:
                     csv_path=run.predictions / f"{split}.csv",
                     title=f"{run.name} - {split} (best, epoch {state.best_epoch})",
                 )
-                self.reporter.figure(f"confusion_matrix/{split}", figure, state.epoch)
+                self.reporter.figure(f"confusion_matrix/{split}", figure, state.global_step)
         if acc.is_main_process:
             plot_curves(state.history, run.reports / "curves.png")
         return results

@@ -41,8 +41,8 @@ class StopRequest:
 
 
 class TrainingInterrupted(Exception):
-    """Raised by the loop after it saved a checkpoint in answer to a stop signal."""
+    """Raised by the loop after it saved a checkpoint: a stop signal, or the session's epoch budget."""
 
-    def __init__(self, stop: StopRequest) -> None:
-        super().__init__(f"stopped by {stop.name}")
-        self.exit_code = stop.exit_code
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.exit_code = exit_code

@@ -23,7 +23,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default="runs", help="parent of run directories (default: runs)")
     parser.add_argument("--resume", metavar="PATH", help="a run directory (its last checkpoint) or a checkpoint folder")
     parser.add_argument("--force", action="store_true", help="start over in an existing run directory, deleting it")
-    return parser.parse_args(argv)
+    parser.add_argument("--stop-after-epochs", type=int, metavar="N",
+                        help="train at most N more epochs in this session, then checkpoint and exit 0 (resumable)")
+    args = parser.parse_args(argv)
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        parser.error("--stop-after-epochs: must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,8 +84,9 @@ def train(args: argparse.Namespace) -> int:
 
     _prepare_run_dir(accelerator, run, cfg, splits, fresh=resume_from is None and args.force)
     log_to_file(accelerator, run.log_file)
-    logger.info(f"run {run.root}  ({accelerator.distributed_type}, {accelerator.num_processes} process(es), "
-                f"device {accelerator.device}, mixed precision {accelerator.mixed_precision})")
+    env = _environment(accelerator)
+    logger.info(f"run {run.root}  ({env['distributed_type']}, {env['num_processes']} process(es), "
+                f"device {env['device']}, mixed precision {env['mixed_precision']})")
     logger.info(f"data {root}: {len(splits.classes)} classes, "
                 + ", ".join(f"{s} {len(v)}" for s, v in splits.splits.items()))
 
@@ -101,6 +102,7 @@ def train(args: argparse.Namespace) -> int:
         accelerator.load_state(str(resume_from))
         logger.info(f"resumed from {resume_from}: epoch {state.epoch}, batch {state.batch_in_epoch}, "
                     f"step {state.global_step}")
+    state.config = cfg.to_dict()
 
     if state.epoch >= cfg.train.epochs and _previous_status(run) == "completed":
         logger.info(f"{run.root} already completed {state.epoch} epochs: raise train.epochs to train longer")
@@ -116,16 +118,16 @@ def train(args: argparse.Namespace) -> int:
                       loaders["val"], state, reporter, weights_meta)
     reporter.update_summary(
         status="running", run=run.name, run_dir=str(run.root), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        resumed_from=str(resume_from) if resume_from else None, **_environment(accelerator),
+        resumed_from=str(resume_from) if resume_from else None, **env,
         num_parameters=num_parameters(accelerator.unwrap_model(model)), num_classes=len(splits.classes),
         images={split: len(samples) for split, samples in splits.splits.items()}, **trainer.progress_fields(),
     )
     try:
-        trainer.fit()
+        trainer.fit(args.stop_after_epochs)
         results = trainer.test(loaders, {s: [p for p, _ in v] for s, v in splits.splits.items()}, splits.classes)
     except TrainingInterrupted as stop:
         reporter.update_summary(status="interrupted", reason=str(stop), **trainer.progress_fields())
-        logger.warning(f"interrupted: {stop}; resume with --resume {run.root}")
+        logger.warning(f"{stop}; continue with --resume {run.root}")
         return stop.exit_code
     except BaseException as error:
         reporter.update_summary(status="failed", error=f"{type(error).__name__}: {error}", **trainer.progress_fields())
@@ -133,7 +135,7 @@ def train(args: argparse.Namespace) -> int:
     finally:
         reporter.close()
     reporter.update_summary(status="completed", **trainer.progress_fields(), **results)
-    logger.info(f"done: best val {cfg.checkpoint.monitor} {state.best_metric:.4f} (epoch {state.best_epoch}), "
+    logger.info(f"done: best {cfg.checkpoint.monitor} {state.best_metric:.4f} (epoch {state.best_epoch}), "
                 + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith("_acc"))
                 + f"; outputs in {run.root}")
     return 0

@@ -1,0 +1,83 @@
+"""Shared helpers: run the real entry points in subprocesses, make small image folders, compare weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "configs" / "digits.yaml"
+CPU_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch_configs" / "cpu.yaml"),
+              "--num_cpu_threads_per_process", "2"]
+# Small and deterministic: enough to exercise every part of the loop in seconds.
+FAST = ["model.kwargs.width=8", "train.deterministic=true"]
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory) -> dict:
+    """The environment for entry-point subprocesses: one built-in data cache for the whole session."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    out["HARNESS_CACHE_DIR"] = str(tmp_path_factory.mktemp("harness-cache"))
+    out["PYTHONUNBUFFERED"] = "1"
+    return out
+
+
+def launch(script: str, args: list[str], env: dict, launcher: list[str] = CPU_LAUNCH, check: bool = True,
+           timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [*launcher, str(REPO / "harness" / script), *map(str, args)]
+    result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def train(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
+    return launch("train.py", args, env, **kw)
+
+
+def infer(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
+    return launch("infer.py", args, env, **kw)
+
+
+PYTHON = [sys.executable]  # a launcher for a plain single-process run, signalled directly by tests
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 16) -> Path:
+    """Class folders of small images in every common mode (L, RGB, RGBA, P); class c is mostly colour c."""
+    rng = np.random.default_rng(0)
+    modes = ["RGB", "L", "RGBA", "P"]
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            pixels[..., c % 3] += 180
+            image = Image.fromarray(pixels)
+            mode = modes[i % len(modes)]
+            image = image.convert(mode) if mode != "P" else image.quantize(16)
+            image.save(folder / f"{i:03d}.png")
+    return root

@@ -1,0 +1,131 @@
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+
+from harness.builtin import builtin_root
+from harness.config import DataConfig
+from harness.data import DataSplits, ImageListDataset, build_transform, discover_splits, load_image
+from harness.errors import ConfigError, DataError
+
+from conftest import make_image_folder
+
+
+def per_class(samples):
+    return Counter(label for _, label in samples)
+
+
+def test_single_folder_is_split_stratified_and_by_split_seed_only(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=3, per_class=20)
+    cfg = DataConfig(root=str(root), val_fraction=0.2, test_fraction=0.1)
+    splits = discover_splits(cfg, root)
+    assert splits.classes == ["class_0", "class_1", "class_2"]
+    assert per_class(splits.splits["val"]) == {0: 4, 1: 4, 2: 4}
+    assert per_class(splits.splits["test"]) == {0: 2, 1: 2, 2: 2}
+    assert per_class(splits.splits["train"]) == {0: 14, 1: 14, 2: 14}
+    paths = [set(p for p, _ in s) for s in splits.splits.values()]
+    assert sum(map(len, paths)) == len(set.union(*paths)) == 60  # disjoint and complete
+    assert discover_splits(cfg, root) == splits
+    other = discover_splits(DataConfig(root=str(root), val_fraction=0.2, test_fraction=0.1, split_seed=1), root)
+    assert other.splits["val"] != splits.splits["val"]
+
+
+def test_explicit_split_folders_are_used_and_missing_ones_carved_from_train(tmp_path):
+    root = tmp_path / "data"
+    make_image_folder(root / "train", per_class=10)
+    make_image_folder(root / "val", per_class=3)
+    splits = discover_splits(DataConfig(root=str(root), test_fraction=0.2), root)
+    assert all(p.startswith("val/") for p, _ in splits.splits["val"]) and len(splits.splits["val"]) == 9
+    assert all(p.startswith("train/") for p, _ in splits.splits["test"]) and len(splits.splits["test"]) == 6
+    assert len(splits.splits["train"]) == 24
+
+
+def test_split_classes_must_agree(tmp_path):
+    root = tmp_path / "data"
+    make_image_folder(root / "train", classes=2)
+    make_image_folder(root / "val", classes=3)
+    with pytest.raises(DataError, match=r"val: classes differ .* extra \['class_2'\]"):
+        discover_splits(DataConfig(root=str(root)), root)
+
+
+def test_folder_mistakes_are_clear(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        discover_splits(DataConfig(root=str(tmp_path / "missing")), tmp_path / "missing")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="empty"):
+        discover_splits(DataConfig(root=str(tmp_path / "empty")), tmp_path / "empty")
+    make_image_folder(tmp_path / "tiny", classes=2, per_class=2)
+    with pytest.raises(DataError, match="no validation images"):
+        discover_splits(DataConfig(root=str(tmp_path / "tiny"), val_fraction=0.0), tmp_path / "tiny")
+
+
+def test_splits_round_trip_through_the_run_dir(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    splits = discover_splits(DataConfig(root=str(root)), root)
+    splits.save(tmp_path / "splits")
+    assert DataSplits.load(tmp_path / "splits", root) == splits
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "CMYK", "I;16"])
+def test_every_image_mode_becomes_rgb(tmp_path, mode):
+    path = tmp_path / f"x.{'jpg' if mode == 'CMYK' else 'png'}"
+    Image.new(mode, (5, 7)).save(path)
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (5, 7)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="bad.png: cannot read image"):
+        load_image(tmp_path / "bad.png")
+
+
+def test_transforms_resize_normalise_and_augment_train_only():
+    cfg = DataConfig(builtin="digits", image_size=20, mean=[0.5] * 3, std=[0.5] * 3, augmentations=["hflip"])
+    image = Image.new("RGB", (7, 9), (255, 0, 0))
+    train, evaluation = build_transform(cfg, train=True), build_transform(cfg, train=False)
+    out = evaluation(image)
+    assert out.shape == (3, 20, 20)
+    assert torch.allclose(out[0], torch.ones(20, 20)) and torch.allclose(out[1], -torch.ones(20, 20))
+    assert "RandomHorizontalFlip" in repr(train) and "RandomHorizontalFlip" not in repr(evaluation)
+
+
+def test_augmentation_is_seeded_per_sample_and_leaves_global_rng_alone(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=1, per_class=4, size=24)
+    cfg = DataConfig(root=str(root), image_size=24,
+                     augmentations=["hflip", {"name": "random_crop", "padding": 4}, "color_jitter"])
+    samples = discover_splits(DataConfig(root=str(root), val_fraction=0.25, test_fraction=0.0), root).splits["train"]
+    a = ImageListDataset(root, samples, build_transform(cfg, train=True), augment_seed=7)
+    b = ImageListDataset(root, samples, build_transform(cfg, train=True), augment_seed=7)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = [a[i][0] for i in range(len(a))]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(x, b[i][0]) for i, x in enumerate(first))  # another dataset, same seed: same images
+    b.set_epoch(1)
+    assert any(not torch.equal(x, b[i][0]) for i, x in enumerate(first))  # a new epoch, new augmentations
+    assert a[2][1:] == (0, 2)  # (image, label, index)
+
+
+def test_unknown_augmentation_suggests(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.augmentations\[1\]: unknown augmentation 'hflp' \(did you mean 'hflip'\?\)"):
+        build_transform(DataConfig(builtin="digits", augmentations=["vflip", "hflp"]), train=True)
+    with pytest.raises(ConfigError, match=r"data.augmentations\[0\] \(rotation\)"):
+        build_transform(DataConfig(builtin="digits", augmentations=[{"name": "rotation", "angle": 3}]), train=True)
+
+
+def test_builtin_digits_materialised_once_as_image_folder(tmp_path):
+    root = builtin_root("digits", str(tmp_path))
+    files = sorted(root.rglob("*.png"))
+    assert len(files) == 1797
+    counts = {split: len(list((root / split).rglob("*.png"))) for split in ("train", "val", "test")}
+    assert counts == {"train": 1259, "val": 269, "test": 269}
+    assert sorted(p.name for p in (root / "train").iterdir()) == [str(d) for d in range(10)]
+    with Image.open(files[0]) as image:
+        assert image.size == (32, 32)
+    assert len({p.name for p in files}) == 1797  # each source image in exactly one split
+    stamp = files[0].stat().st_mtime_ns
+    assert builtin_root("digits", str(tmp_path)) == root and files[0].stat().st_mtime_ns == stamp
+    splits = discover_splits(DataConfig(builtin="digits"), root)
+    assert len(splits.classes) == 10 and len(splits.splits["test"]) == 269

@@ -1,0 +1,109 @@
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from harness.config import LossConfig, ModelConfig, OptimConfig, SchedulerConfig
+from harness.errors import ConfigError
+from harness.models import CUSTOM_MODELS, build_model, register_model
+from harness.optim import build_criterion, build_optimizer, build_scheduler
+
+
+@pytest.mark.parametrize("name", ["compact_cnn", "resnet18", "mobilenet_v3_small", "efficientnet_b0"])
+def test_models_by_name_have_the_right_head(name):
+    model = build_model(ModelConfig(name=name), num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_model_kwargs_reach_the_constructor():
+    vit = build_model(ModelConfig(name="vit_b_16", kwargs={"image_size": 32, "dropout": 0.1}), num_classes=4)
+    assert vit(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+    with pytest.raises(ConfigError, match="model.kwargs: compact_cnn cannot be built"):
+        build_model(ModelConfig(name="compact_cnn", kwargs={"depth": 3}), num_classes=2)
+
+
+def test_adding_a_model_is_one_function():
+    @register_model("tiny_linear_test")
+    def tiny(num_classes: int) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+
+    try:
+        assert build_model(ModelConfig(name="tiny_linear_test"), 3)(torch.randn(2, 3, 4, 4)).shape == (2, 3)
+    finally:
+        CUSTOM_MODELS.pop("tiny_linear_test")
+
+
+def test_unknown_model_suggests():
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet19' \(did you mean 'resnet18'\?\)"):
+        build_model(ModelConfig(name="resnet19"), 2)
+
+
+def test_pretrained_uses_only_the_local_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ConfigError, match="not in the local torch cache .*set model.pretrained: false"):
+        build_model(ModelConfig(name="resnet18", pretrained=True), 5)
+    # A weights file in the cache is used: backbone as saved, head resized.
+    reference = torchvision.models.resnet18()
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(reference.state_dict(), tmp_path / "checkpoints" / os.path.basename(url))
+    model = build_model(ModelConfig(name="resnet18", pretrained=True), 5)
+    assert model.fc.out_features == 5
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    with pytest.raises(ConfigError, match="compact_cnn has no pretrained weights"):
+        build_model(ModelConfig(name="compact_cnn", pretrained=True), 5)
+
+
+def lrs(cfg: SchedulerConfig, epochs=4, updates=10, lr=0.1):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = build_scheduler(cfg, optimizer, epochs, updates)
+    out = []
+    for _ in range(epochs * updates):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_cosine_with_warmup_is_defined_in_updates():
+    seq = lrs(SchedulerConfig(name="cosine", warmup_epochs=1, warmup_start_factor=0.1, min_lr=0.001))
+    assert seq[0] == pytest.approx(0.01)
+    assert seq[5] == pytest.approx(0.01 + 0.09 * 0.5)
+    assert seq[10] == pytest.approx(0.1)  # warmup ends after one epoch of updates
+    assert seq[10 + 15] == pytest.approx(0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(seq[10:], seq[11:]))
+    assert seq[-1] == pytest.approx(0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * 29 / 30)))
+
+
+def test_step_none_and_onecycle():
+    step = lrs(SchedulerConfig(name="step", step_size=1, gamma=0.5))
+    assert step[9] == pytest.approx(0.1) and step[10] == pytest.approx(0.05) and step[39] == pytest.approx(0.0125)
+    assert set(lrs(SchedulerConfig(name="none"))) == {0.1}
+    one = lrs(SchedulerConfig(name="onecycle", pct_start=0.25))
+    assert max(one) == pytest.approx(0.1) and one.index(max(one)) in (9, 10) and one[-1] < 0.001
+
+
+def test_optimizers():
+    params = torch.nn.Linear(2, 2).parameters
+    sgd = build_optimizer(OptimConfig(name="sgd", lr=0.1, momentum=0.8, nesterov=True, weight_decay=1e-4),
+                          torch.nn.Linear(2, 2))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8
+    adamw = build_optimizer(OptimConfig(name="adamw", weight_decay=0.05), torch.nn.Linear(2, 2))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.05
+    assert params  # the module builds
+    with pytest.raises(ConfigError, match="optim.nesterov: only applies to sgd"):
+        build_optimizer(OptimConfig(name="adam", nesterov=True), torch.nn.Linear(2, 2))
+
+
+def test_loss_label_smoothing_and_class_weights():
+    balanced = build_criterion(LossConfig(class_weights="balanced", label_smoothing=0.1), [30, 10])
+    assert balanced.weight.tolist() == pytest.approx([40 / 60, 40 / 20])
+    assert balanced.label_smoothing == 0.1
+    explicit = build_criterion(LossConfig(class_weights=[1, 3]), [5, 5])
+    assert explicit.weight.tolist() == [1.0, 3.0]
+    with pytest.raises(ConfigError, match="has 3 values but the data has 2 classes"):
+        build_criterion(LossConfig(class_weights=[1, 2, 3]), [5, 5])

@@ -1,0 +1,111 @@
+"""Exact resume: stopping and continuing gives the same weights, bit for bit, as never stopping (CPU,
+``train.deterministic: true``), and the same data order."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import DIGITS, FAST, PYTHON, REPO, assert_same_weights, summary, train
+
+# Small batches give many steps per epoch, so a signal lands in the middle of one; two workers show that
+# augmentation does not depend on worker processes; a cosine schedule with warmup shows the scheduler resumes.
+SETTINGS = [*FAST, "train.epochs=4", "train.batch_size=16", "data.num_workers=2", "scheduler.warmup_epochs=1",
+            "train.clip_grad_norm=1.0"]
+STEPS_PER_EPOCH = 79  # ceil(1259 / 16)
+
+
+def traced(env, name):
+    return {**env, "HARNESS_TRACE_BATCHES": str(name)}
+
+
+def trace(path):
+    return [line.split() for line in open(f"{path}.rank0")]
+
+
+def metrics(history_csv):
+    with open(history_csv, newline="") as f:
+        return [{k: r[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")}
+                for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def straight(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    train(["--config", DIGITS, "--output-dir", out, "--run-name", "straight", *SETTINGS],
+          traced(env, out / "trace"))
+    return out / "straight", trace(out / "trace")
+
+
+@pytest.mark.slow
+def test_two_epochs_then_resume_equals_four_straight(straight, env, tmp_path):
+    reference, reference_trace = straight
+    first = train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "split", "--stop-after-epochs", "2",
+                   *SETTINGS], traced(env, tmp_path / "trace"))
+    run = tmp_path / "split"
+    assert "stopped after 2 epoch(s)" in first.stdout
+    assert summary(run)["status"] == "interrupted" and summary(run)["epoch"] == 2
+    assert not (run / "reports").exists()  # no final evaluation for an unfinished run
+    second = train(["--resume", run], traced(env, tmp_path / "trace"))
+    assert "resumed from" in second.stdout and "epoch 2, batch 0" in second.stdout
+    s = summary(run)
+    assert s["status"] == "completed" and s["epoch"] == 4 and s["global_step"] == 4 * STEPS_PER_EPOCH
+    assert_same_weights(reference / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
+    assert_same_weights(reference / "weights" / "best.safetensors", run / "weights" / "best.safetensors")
+    assert metrics(run / "history.csv") == metrics(reference / "history.csv")
+    for key in ("test_acc", "best_val_acc", "best_epoch"):
+        assert s[key] == summary(reference)[key]
+    assert trace(tmp_path / "trace") == reference_trace
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_then_resume_equals_straight(straight, env, tmp_path):
+    """SIGTERM in the middle of epoch 2: the loop finishes the update, checkpoints on the spot and exits 143;
+    the resumed run continues with the very next batch and ends with the reference weights."""
+    reference, reference_trace = straight
+    trace_file = tmp_path / "trace"
+    cmd = [*PYTHON, str(REPO / "harness" / "train.py"), "--config", str(DIGITS), "--output-dir", str(tmp_path),
+           "--run-name", "stopped", *SETTINGS]
+    process = subprocess.Popen(cmd, env=traced(env, trace_file), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(f"{trace_file}.rank0") and any(line.startswith("1 20 ") for line in open(f"{trace_file}.rank0")):
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    run = tmp_path / "stopped"
+    s = summary(run)
+    assert s["status"] == "interrupted" and s["reason"] == "stopped by SIGTERM"
+    marker = json.loads((run / "checkpoints" / "last" / "harness_checkpoint.json").read_text())
+    assert marker["epoch"] == 1 and 20 < marker["batch_in_epoch"] < STEPS_PER_EPOCH, marker
+    assert marker["global_step"] == STEPS_PER_EPOCH + marker["batch_in_epoch"]
+
+    resumed = train(["--resume", run], traced(env, trace_file))
+    assert f"resuming epoch 2 at batch {marker['batch_in_epoch'] + 1}/{STEPS_PER_EPOCH}" in resumed.stdout
+    assert summary(run)["status"] == "completed"
+    assert trace(trace_file) == reference_trace  # the same batches, in the same order, each once
+    assert_same_weights(reference / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
+    assert metrics(run / "history.csv") == metrics(reference / "history.csv")  # timings aside, every figure
+
+
+@pytest.mark.slow
+def test_resume_of_a_completed_run_does_not_retrain(straight, env):
+    reference, _ = straight
+    before = (reference / "weights" / "last.safetensors").stat().st_mtime_ns
+    result = train(["--resume", reference], env)
+    assert "already completed 4 epochs" in result.stdout
+    assert (reference / "weights" / "last.safetensors").stat().st_mtime_ns == before
+    assert summary(reference)["status"] == "completed"
+
+
+def test_resume_of_a_missing_run_is_a_clear_error(env, tmp_path):
+    result = train(["--resume", tmp_path / "nope"], env, launcher=PYTHON, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --resume {tmp_path / 'nope'}: neither a run directory (with config.yaml) nor a checkpoint folder"

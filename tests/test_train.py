@@ -1,0 +1,170 @@
+"""End to end through the real entry points: the quickstart, inference, the run directory, errors."""
+
+import csv
+import json
+import time
+
+import pytest
+import yaml
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from harness.builtin import builtin_root
+
+from conftest import DIGITS, FAST, PYTHON, infer, make_image_folder, summary, train
+
+
+@pytest.fixture(scope="module")
+def quickstart(env, tmp_path_factory):
+    """The README's quickstart: configs/digits.yaml exactly as shipped, one CPU process."""
+    out = tmp_path_factory.mktemp("runs")
+    started = time.perf_counter()
+    result = train(["--config", DIGITS, "--output-dir", out], env)
+    return out / "digits", time.perf_counter() - started, result
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_quickstart_trains_digits_fast_and_well(quickstart):
+    run, seconds, _ = quickstart
+    s = summary(run)
+    assert s["status"] == "completed"
+    assert s["test_acc"] >= 0.95, s
+    assert seconds < 120, f"quickstart took {seconds:.0f}s"
+    assert s["epoch"] == s["epochs"] == 12 and s["global_step"] == 12 * 20
+    assert s["best_val_acc"] >= 0.95 and 1 <= s["best_epoch"] <= 12
+    assert s["num_processes"] == 1 and s["distributed_type"] == "NO" and s["mixed_precision"] == "no"
+    assert s["num_parameters"] > 1000 and s["images_per_second"] > 0
+    assert s["images"] == {"train": 1259, "val": 269, "test": 269}
+
+
+@pytest.mark.slow
+def test_run_directory_is_complete(quickstart):
+    run, _, _ = quickstart
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["name"] == "compact_cnn"
+    for name in ("last", "best"):
+        ckpt = run / "checkpoints" / name
+        for file in ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
+                     "custom_checkpoint_0.pkl", "harness_checkpoint.json"):
+            assert (ckpt / file).stat().st_size > 0, ckpt / file
+        assert (run / "weights" / f"{name}.safetensors").stat().st_size > 10_000
+    meta = json.loads((run / "weights" / "meta.json").read_text())
+    assert meta["classes"] == [str(d) for d in range(10)] and meta["image_size"] == 32
+    history = rows(run / "history.csv")
+    assert [int(h["epoch"]) for h in history] == list(range(1, 13))
+    assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
+    assert "status" in (run / "summary.txt").read_text() and (run / "train.log").read_text().count("epoch ") >= 12
+    for split, count in (("train", 1259), ("val", 269), ("test", 269)):
+        report = (run / "reports" / f"classification_report_{split}.txt").read_text()
+        assert "precision" in report and "accuracy" in report
+        with Image.open(run / "reports" / f"confusion_matrix_{split}.png") as image:
+            assert image.format == "PNG" and min(image.size) > 200 and len(image.getcolors(1 << 20)) > 10
+        assert len(rows(run / "predictions" / f"{split}.csv")) == count
+        assert len(rows(run / "splits" / f"{split}.csv")) == count
+    with Image.open(run / "reports" / "curves.png") as image:
+        assert image.format == "PNG" and image.size[0] > 400
+
+
+@pytest.mark.slow
+def test_tensorboard_has_step_epoch_and_figure_tags(quickstart):
+    run, _, _ = quickstart
+    (events,) = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "epoch/train_loss", "epoch/train_acc", "epoch/val_loss", "epoch/val_acc",
+            "epoch/lr", "epoch/images_per_second"} <= scalars
+    assert len(acc.Scalars("train/loss")) == 240 // 10  # log.every_n_steps: 10
+    assert [e.step for e in acc.Scalars("epoch/val_acc")] == [20 * e for e in range(1, 13)]
+    assert {"confusion_matrix/train", "confusion_matrix/val", "confusion_matrix/test"} <= set(acc.Tags()["images"])
+
+
+@pytest.mark.slow
+def test_infer_reproduces_the_training_test_accuracy_exactly(quickstart, env, tmp_path):
+    run, _, _ = quickstart
+    result = infer(["--run", run], env)
+    out = run / "inference" / "test"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] == summary(run)["test_acc"]
+    assert f"accuracy {summary(run)['test_acc']:.4f}" in result.stdout and "precision" in result.stdout
+    predictions = rows(out / "predictions.csv")
+    assert len(predictions) == 269
+    training = rows(run / "predictions" / "test.csv")
+    assert [(r["path"], r["prediction"]) for r in predictions] == [(r["path"], r["prediction"]) for r in training]
+    assert set(predictions[0]) == {"path", "label", "prediction", "confidence", "top5"}
+    assert (out / "classification_report.txt").read_text().startswith(run.name)
+    assert (out / "confusion_matrix.png").stat().st_size > 10_000
+    # The last weights on the validation split, to another folder.
+    infer(["--run", run, "--split", "val", "--checkpoint", "last", "--out", tmp_path / "val"], env)
+    last = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    assert last["epoch"] == 12 and last["accuracy"] == pytest.approx(float(rows(run / "history.csv")[-1]["val_acc"]))
+
+
+@pytest.mark.slow
+def test_infer_on_unlabeled_images(quickstart, env, tmp_path):
+    run, _, _ = quickstart
+    root = builtin_root("digits", env["HARNESS_CACHE_DIR"])
+    images = tmp_path / "unlabeled"
+    images.mkdir()
+    for i, row in enumerate(rows(run / "splits" / "test.csv")[:7]):
+        Image.open(root / row["path"]).save(images / f"{i}.png")
+    infer(["--run", run, "--images", images, "--out", tmp_path / "out"], env)
+    predictions = rows(tmp_path / "out" / "predictions.csv")
+    assert len(predictions) == 7 and "label" not in predictions[0]
+    assert {p["prediction"] for p in predictions} <= {str(d) for d in range(10)}
+    assert not (tmp_path / "out" / "confusion_matrix.png").exists()
+
+
+@pytest.mark.slow
+def test_overrides_change_the_run_name_and_saved_config(env, tmp_path):
+    train(["--config", DIGITS, "--output-dir", tmp_path, "train.epochs=1", "optim.lr=0.01", *FAST], env)
+    run = tmp_path / "digits_deterministictrue_epochs1_lr0.01_width8"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 0.01 and saved["train"]["epochs"] == 1 and saved["model"]["kwargs"]["width"] == 8
+    assert summary(run)["status"] == "completed" and summary(run)["epoch"] == 1
+    # The same command again does not silently overwrite the finished run.
+    again = train(["--config", DIGITS, "--output-dir", tmp_path, "train.epochs=1", "optim.lr=0.01", *FAST], env,
+                  launcher=PYTHON, check=False)
+    assert again.returncode == 2 and "already holds a run: --resume" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_typo_fails_with_a_suggestion_and_no_run_dir(env, tmp_path):
+    result = train(["--config", DIGITS, "--output-dir", tmp_path, "optim.lrr=0.1"], env, launcher=PYTHON, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {DIGITS}: optim.lrr: unknown key (did you mean 'optim.lr'?)"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_image_folder_run_and_a_failure_is_recorded(env, tmp_path):
+    """A user's folder (mixed image modes, split by the harness) trains with a torchvision model; a broken
+    image stops the run with status failed, the file named, one line on stderr."""
+    root = make_image_folder(tmp_path / "images", classes=3, per_class=10)
+    config = tmp_path / "folder.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"root": str(root), "image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2, "num_workers": 0},
+        "model": {"name": "resnet18"},
+        "train": {"epochs": 2, "batch_size": 8},
+        "optim": {"lr": 0.05},
+    }))
+    train(["--config", config, "--output-dir", tmp_path / "runs"], env)
+    run = tmp_path / "runs" / "folder"
+    assert summary(run)["images"] == {"train": 18, "val": 6, "test": 6}
+    assert len(rows(run / "predictions" / "test.csv")) == 6
+    assert (run / "reports" / "confusion_matrix_test.png").exists()
+
+    (root / "class_1" / "005.png").write_bytes(b"broken")
+    failed = train(["--config", config, "--output-dir", tmp_path / "runs", "--run-name", "broken"], env,
+                   launcher=PYTHON, check=False)
+    assert failed.returncode == 2
+    assert "Traceback" not in failed.stderr and failed.stderr.strip().endswith("class_1/005.png: cannot read image (cannot identify "
+                                                           f"image file '{root / 'class_1' / '005.png'}')")
+    s = summary(tmp_path / "runs" / "broken")
+    assert s["status"] == "failed" and "class_1/005.png: cannot read image" in s["error"]
