@@ -40,6 +40,7 @@ class TrainState:
     epoch_sums: list[float] = field(default_factory=list)  # partial [loss*n, correct, n] of the current epoch
     train_seconds: float = 0.0  # time spent training, over all sessions of the run
     config: dict = field(default_factory=dict)  # the resolved config this state was trained with
+    started_at: str = ""  # when the run's first session started
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Callable
 
-from harness.errors import UserError
+from harness.errors import UserError, user_message
 
 USER_ERROR_EXIT = 2
 
@@ -16,7 +16,7 @@ def run_cli(command: Callable[[], int]) -> int:
         return command()
     except UserError as error:
         if os.environ.get("RANK", "0") == "0":  # every process hits the same mistake; one says it
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {user_message(error)}", file=sys.stderr)
         return USER_ERROR_EXIT
     except KeyboardInterrupt:  # before or after the loop, where no checkpoint is due
         print("interrupted", file=sys.stderr)

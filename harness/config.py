@@ -226,23 +226,20 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key}: expected a mapping, got {_show(value)}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {key}: expected true or false, got {_show(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key}: expected an integer, got {_show(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {key}: expected a number, got {_show(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: {key}: expected a string, got {_show(value)}")
-        return value
+    if tp in _SCALARS:
+        accepted, expected = _SCALARS[tp]
+        if not isinstance(value, accepted) or (isinstance(value, bool) and tp is not bool):
+            raise ConfigError(f"{source}: {key}: expected {expected}, got {_show(value)}")
+        return float(value) if tp is float else value
     raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in the schema, not a user error
+
+
+_SCALARS = {  # type -> (accepted Python types, what the error says); YAML's true/false are never numbers
+    bool: (bool, "true or false"),
+    int: (int, "an integer"),
+    float: ((int, float), "a number"),
+    str: (str, "a string"),
+}
 
 
 def _show(value: Any) -> str:

@@ -15,3 +15,12 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A run directory, checkpoint or weights file is missing or unusable."""
+
+
+def user_message(error: UserError) -> str:
+    """The error's own one-line message, also when a DataLoader worker re-raised it with its traceback
+    folded into the message."""
+    message = str(error).strip()
+    if "\nOriginal Traceback" in message:
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message

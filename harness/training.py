@@ -19,7 +19,7 @@ from harness.checkpoint import TrainState, resolve_resume
 from harness.config import Config, DataConfig, load_config, run_name_for
 from harness.data import DataSplits, ImageListDataset, build_loader, build_transform, discover_splits
 from harness.engine import Trainer
-from harness.errors import CheckpointError
+from harness.errors import CheckpointError, UserError, user_message
 from harness.models import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler
 from harness.reporting import Reporter
@@ -103,6 +103,7 @@ def train(args: argparse.Namespace) -> int:
         logger.info(f"resumed from {resume_from}: epoch {state.epoch}, batch {state.batch_in_epoch}, "
                     f"step {state.global_step}")
     state.config = cfg.to_dict()
+    state.started_at = state.started_at or time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     if state.epoch >= cfg.train.epochs and _previous_status(run) == "completed":
         logger.info(f"{run.root} already completed {state.epoch} epochs: raise train.epochs to train longer")
@@ -117,7 +118,7 @@ def train(args: argparse.Namespace) -> int:
     trainer = Trainer(accelerator, cfg, run, model, prepared_optimizer, scheduler, criterion, train_loader,
                       loaders["val"], state, reporter, weights_meta)
     reporter.update_summary(
-        status="running", run=run.name, run_dir=str(run.root), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        status="running", run=run.name, run_dir=str(run.root), started_at=state.started_at,
         resumed_from=str(resume_from) if resume_from else None, **env,
         num_parameters=num_parameters(accelerator.unwrap_model(model)), num_classes=len(splits.classes),
         images={split: len(samples) for split, samples in splits.splits.items()}, **trainer.progress_fields(),
@@ -129,8 +130,12 @@ def train(args: argparse.Namespace) -> int:
         reporter.update_summary(status="interrupted", reason=str(stop), **trainer.progress_fields())
         logger.warning(f"{stop}; continue with --resume {run.root}")
         return stop.exit_code
+    except KeyboardInterrupt:  # during the final evaluation, after the last checkpoint: resuming redoes it
+        reporter.update_summary(status="interrupted", reason="KeyboardInterrupt", **trainer.progress_fields())
+        raise
     except BaseException as error:
-        reporter.update_summary(status="failed", error=f"{type(error).__name__}: {error}", **trainer.progress_fields())
+        message = user_message(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+        reporter.update_summary(status="failed", error=message, **trainer.progress_fields())
         raise
     finally:
         reporter.close()

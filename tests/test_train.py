@@ -161,10 +161,12 @@ def test_image_folder_run_and_a_failure_is_recorded(env, tmp_path):
     assert (run / "reports" / "confusion_matrix_test.png").exists()
 
     (root / "class_1" / "005.png").write_bytes(b"broken")
-    failed = train(["--config", config, "--output-dir", tmp_path / "runs", "--run-name", "broken"], env,
-                   launcher=PYTHON, check=False)
+    # Read by a DataLoader worker process, which re-raises in the main process: still one line.
+    failed = train(["--config", config, "--output-dir", tmp_path / "runs", "--run-name", "broken",
+                    "data.num_workers=2"], env, launcher=PYTHON, check=False)
     assert failed.returncode == 2
-    assert "Traceback" not in failed.stderr and failed.stderr.strip().endswith("class_1/005.png: cannot read image (cannot identify "
+    assert len(failed.stderr.strip().splitlines()) == 1 and failed.stderr.strip().endswith("class_1/005.png: cannot read image (cannot identify "
                                                            f"image file '{root / 'class_1' / '005.png'}')")
     s = summary(tmp_path / "runs" / "broken")
-    assert s["status"] == "failed" and "class_1/005.png: cannot read image" in s["error"]
+    assert s["status"] == "failed" and s["error"].endswith("class_1/005.png: cannot read image (cannot identify "
+                                                           f"image file '{root / 'class_1' / '005.png'}')")
