@@ -106,8 +106,10 @@ class Trainer:
         loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
         if skip:
             logger.info(f"resuming epoch {epoch + 1} at batch {skip + 1}/{len(self.train_loader)}")
-        # loss*n, correct, n: summed on device, reduced across processes once per epoch
-        sums = torch.tensor(state.epoch_sums or [0.0, 0.0, 0.0], device=acc.device, dtype=torch.float64)
+        # loss*n, correct, n: summed on device, reduced across processes once per epoch. A mid-epoch checkpoint
+        # holds the sums of all processes so far; the main process carries them on.
+        carried = state.epoch_sums if state.epoch_sums and acc.is_main_process else [0.0, 0.0, 0.0]
+        sums = torch.tensor(carried, device=acc.device, dtype=torch.float64)
         window = torch.zeros(2, device=acc.device, dtype=torch.float64)  # loss sum, batches since last log
         bar = tqdm(total=len(self.train_loader), initial=skip, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not (acc.is_main_process and cfg.log.progress and sys.stderr.isatty()), leave=False)
@@ -143,7 +145,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
                 window.zero_()
             if self._stop_requested():
-                state.epoch_sums = sums.tolist()
+                state.epoch_sums = acc.reduce(sums, reduction="sum").tolist()
                 state.train_seconds += time.perf_counter() - started
                 bar.close()
                 self._interrupt()

@@ -1,11 +1,13 @@
-"""Graceful stops: a signal asks the loop to stop at the next optimizer update; a second one exits at once."""
+"""Graceful stops: a signal asks the loop to stop at the next optimizer update; a second Ctrl-C exits at once."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+FORWARDED_WITHIN_S = 2.0
 
 
 class StopRequest:
@@ -13,6 +15,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._first_at = 0.0
         self._previous: dict[int, object] = {}
 
     def install(self) -> "StopRequest":
@@ -26,10 +29,14 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signum is not None:  # the second signal: no more waiting
+        if self.signum is None:
+            self.signum, self._first_at = signum, time.monotonic()
+            return
+        # A second Ctrl-C exits at once. Launchers (torchrun, srun) forward the signal they got to their
+        # workers, so a repeat within a moment, or a repeated SIGTERM/SIGUSR1, is the same stop request.
+        if signum == signal.SIGINT and time.monotonic() - self._first_at > FORWARDED_WITHIN_S:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
-        self.signum = signum
 
     @property
     def name(self) -> str:

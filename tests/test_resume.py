@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -109,3 +110,40 @@ def test_resume_of_a_missing_run_is_a_clear_error(env, tmp_path):
     result = train(["--resume", tmp_path / "nope"], env, launcher=PYTHON, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --resume {tmp_path / 'nope'}: neither a run directory (with config.yaml) nor a checkpoint folder"
+
+
+DDP = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+       "--num_cpu_threads_per_process", "1"]
+DDP_SETTINGS = [*FAST, "train.epochs=3", "train.batch_size=8", "train.grad_accum_steps=2", "data.num_workers=0"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_a_ddp_run_then_resume_equals_straight(env, tmp_path):
+    """As SLURM stops a job: SIGTERM to the launcher and both workers (which torchrun forwards again). Every
+    rank stops at the same update, one checkpoint is saved, and the resumed run matches an uninterrupted one."""
+    ddp_env = {**env, "ACCELERATE_USE_CPU": "1"}
+    train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "straight", *DDP_SETTINGS], ddp_env,
+          launcher=DDP)
+    trace_file = tmp_path / "trace"
+    cmd = [*DDP, str(REPO / "harness" / "train.py"), "--config", str(DIGITS), "--output-dir", str(tmp_path),
+           "--run-name", "stopped", *DDP_SETTINGS]
+    process = subprocess.Popen(cmd, env=traced(ddp_env, trace_file), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(f"{trace_file}.rank0") and any(line.startswith("1 30 ") for line in open(f"{trace_file}.rank0")):
+            os.killpg(process.pid, signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    output, _ = process.communicate(timeout=300)
+    run = tmp_path / "stopped"
+    s = summary(run)
+    assert s["status"] == "interrupted" and s["reason"] == "stopped by SIGTERM", output[-3000:]
+    marker = json.loads((run / "checkpoints" / "last" / "harness_checkpoint.json").read_text())
+    assert marker["epoch"] == 1 and 0 < marker["batch_in_epoch"] < 79 and marker["num_processes"] == 2
+    assert "Connection closed by peer" not in output
+
+    train(["--resume", run], ddp_env, launcher=DDP)
+    assert summary(run)["status"] == "completed"
+    assert_same_weights(tmp_path / "straight" / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
+    assert metrics(run / "history.csv") == metrics(tmp_path / "straight" / "history.csv")
