@@ -53,6 +53,10 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, RunDir, Path | None]:
     if not args.config:
         raise CheckpointError("--config is required to start a run (or --resume RUN_DIR to continue one)")
     cfg = load_config(args.config, args.overrides)
+    # The saved config names the data absolutely, so inference and resumes work from any directory.
+    for key in ("root", "cache_dir"):
+        if getattr(cfg.data, key):
+            setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).expanduser().resolve()))
     run = RunDir(Path(args.output_dir) / (args.run_name or run_name_for(cfg, args.overrides)))
     if run.config.exists() and not args.force:
         raise CheckpointError(

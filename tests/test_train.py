@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import time
 
 import pytest
@@ -11,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from harness.builtin import builtin_root
 
-from conftest import DIGITS, FAST, PYTHON, infer, make_image_folder, summary, train
+from conftest import DIGITS, FAST, PYTHON, REPO, infer, make_image_folder, summary, train
 
 
 @pytest.fixture(scope="module")
@@ -144,18 +145,20 @@ def test_typo_fails_with_a_suggestion_and_no_run_dir(env, tmp_path):
 
 @pytest.mark.slow
 def test_image_folder_run_and_a_failure_is_recorded(env, tmp_path):
-    """A user's folder (mixed image modes, split by the harness) trains with a torchvision model; a broken
+    """A user's folder (given relative to the working directory, mixed image modes, split by the harness) trains
+    with a torchvision model, and the saved config names it absolutely; a broken
     image stops the run with status failed, the file named, one line on stderr."""
     root = make_image_folder(tmp_path / "images", classes=3, per_class=10)
     config = tmp_path / "folder.yaml"
     config.write_text(yaml.safe_dump({
-        "data": {"root": str(root), "image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2, "num_workers": 0},
+        "data": {"root": os.path.relpath(root, REPO), "image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2, "num_workers": 0},
         "model": {"name": "resnet18"},
         "train": {"epochs": 2, "batch_size": 8},
         "optim": {"lr": 0.05},
     }))
     train(["--config", config, "--output-dir", tmp_path / "runs"], env)
     run = tmp_path / "runs" / "folder"
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(root.resolve())
     assert summary(run)["images"] == {"train": 18, "val": 6, "test": 6}
     assert len(rows(run / "predictions" / "test.csv")) == 6
     assert (run / "reports" / "confusion_matrix_test.png").exists()
