@@ -83,11 +83,15 @@ class TrainConfig:
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None  # null: as the launch config says
     seed: int = 42
     deterministic: bool = False
+    skip_nonfinite_steps: int = 0  # updates with a NaN/inf loss to skip before the run stops as failed
 
 
 @dataclass
 class CheckpointConfig:
     monitor: Literal["val_acc", "val_loss"] = "val_acc"  # what "best" means
+    every_n_steps: Optional[int] = None  # also checkpoint every n optimizer updates inside an epoch
+    every_n_minutes: Optional[float] = None  # also checkpoint when this much time passed since the last one
+    keep_last: int = 2  # complete checkpoints kept (plus the best one)
 
 
 @dataclass
@@ -305,6 +309,15 @@ def _check_values(cfg: Config, source: str) -> None:
         fail("scheduler.step_size", "must be positive")
     if not 0.0 < s.pct_start < 1.0:
         fail("scheduler.pct_start", "must be in (0, 1)")
+    c = cfg.checkpoint
+    if c.every_n_steps is not None and c.every_n_steps < 1:
+        fail("checkpoint.every_n_steps", "must be at least 1, or null")
+    if c.every_n_minutes is not None and c.every_n_minutes <= 0:
+        fail("checkpoint.every_n_minutes", "must be positive, or null")
+    if c.keep_last < 1:
+        fail("checkpoint.keep_last", "must be at least 1 (the newest checkpoint is always kept)")
+    if t.skip_nonfinite_steps < 0:
+        fail("train.skip_nonfinite_steps", "must be 0 or more")
     if cfg.log.every_n_steps < 1:
         fail("log.every_n_steps", "must be at least 1")
 

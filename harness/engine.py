@@ -19,8 +19,9 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from harness.checkpoint import TrainState, copy_checkpoint, copy_weights, export_weights, save_checkpoint
+from harness.checkpoint import TrainState, checkpoint_name, copy_weights, export_weights, save_checkpoint, verify
 from harness.config import Config
+from harness.errors import CheckpointError, TrainingDiverged
 from harness.metrics import Predictions
 from harness.reporting import Reporter, plot_curves, write_split_outputs
 from harness.rundir import RunDir
@@ -53,7 +54,7 @@ def evaluate(accelerator: Accelerator, model, loader, desc: str = "eval") -> Pre
 class EpochStats:
     loss: float
     acc: float
-    images: int
+    images: int  # trained in this session (a resumed epoch counts only its rest)
     seconds: float
 
 
@@ -73,7 +74,7 @@ class Trainer:
         self.reporter = reporter
         self.weights_meta = weights_meta
         self.stop = StopRequest()
-        self.session_started = time.perf_counter()
+        self.session_started = self.last_save = time.perf_counter()
         # Debugging aid: HARNESS_TRACE_BATCHES=<file> appends "epoch batch sample-indices..." per trained batch
         # (one file per process), to check the data order across stops and resumes.
         trace = os.environ.get("HARNESS_TRACE_BATCHES")
@@ -102,16 +103,18 @@ class Trainer:
         acc, cfg, state = self.accelerator, self.cfg, self.state
         self.model.train()
         self.train_loader.set_epoch(epoch)
-        skip = state.batch_in_epoch
+        skip, batches = state.batch_in_epoch, len(self.train_loader)
         loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
         if skip:
-            logger.info(f"resuming epoch {epoch + 1} at batch {skip + 1}/{len(self.train_loader)}")
+            logger.info(f"resuming epoch {epoch + 1} at batch {skip + 1}/{batches}")
         # loss*n, correct, n: summed on device, reduced across processes once per epoch. A mid-epoch checkpoint
         # holds the sums of all processes so far; the main process carries them on.
         carried = state.epoch_sums if state.epoch_sums and acc.is_main_process else [0.0, 0.0, 0.0]
+        carried_images = state.epoch_sums[2] if state.epoch_sums else 0  # trained before this session
         sums = torch.tensor(carried, device=acc.device, dtype=torch.float64)
         window = torch.zeros(2, device=acc.device, dtype=torch.float64)  # loss sum, batches since last log
-        bar = tqdm(total=len(self.train_loader), initial=skip, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+        nonfinite = torch.zeros((), device=acc.device, dtype=torch.bool)  # in the current accumulation window
+        bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not (acc.is_main_process and cfg.log.progress and sys.stderr.isatty()), leave=False)
         started = time.perf_counter()
         for batch_index, (images, labels, indices) in enumerate(loader, start=skip):
@@ -122,16 +125,24 @@ class Trainer:
                     logits = self.model(images)
                     loss = self.criterion(logits, labels)
                 acc.backward(loss)
-                if acc.sync_gradients and cfg.train.clip_grad_norm is not None:
-                    acc.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad_norm)
-                self.optimizer.step()
+                loss = loss.detach()
+                nonfinite |= ~torch.isfinite(loss)
                 if acc.sync_gradients:
+                    if cfg.train.clip_grad_norm is not None:
+                        norm = acc.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad_norm)
+                        if acc.scaler is None and norm is not None:  # fp16's scaler skips overflowing steps itself
+                            nonfinite |= ~torch.isfinite(torch.as_tensor(norm, device=acc.device))
+                    stop, save_due, bad = self._poll(nonfinite)
+                    if bad:
+                        self._skip_nonfinite(epoch, batch_index)
+                    else:
+                        self.optimizer.step()
                     self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            loss = loss.detach().double()
-            sums += torch.stack([loss * len(labels), (logits.argmax(1) == labels).sum().double(),
+                    self.optimizer.zero_grad(set_to_none=True)
+                    nonfinite.zero_()
+            sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double(),
                                  torch.tensor(float(len(labels)), device=acc.device, dtype=torch.float64)])
-            window += torch.stack([loss, torch.ones_like(loss)])
+            window += torch.stack([loss.double(), torch.ones_like(loss, dtype=torch.float64)])
             bar.update(1)
             if not acc.sync_gradients:
                 continue
@@ -144,30 +155,61 @@ class Trainer:
                                       state.global_step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
                 window.zero_()
-            if self._stop_requested():
+            if stop or (save_due and batch_index + 1 < batches):  # the epoch's end saves anyway
                 state.epoch_sums = acc.reduce(sums, reduction="sum").tolist()
-                state.train_seconds += time.perf_counter() - started
-                bar.close()
-                self._interrupt()
+                if stop:
+                    state.train_seconds += time.perf_counter() - started
+                    bar.close()
+                    self._interrupt()
+                self._save()
         bar.close()
         seconds = time.perf_counter() - started
         state.train_seconds += seconds
         loss_sum, correct, count = acc.reduce(sums, reduction="sum").tolist()
-        return EpochStats(loss_sum / count, correct / count, int(count), seconds)
+        return EpochStats(loss_sum / count, correct / count, int(count - carried_images), seconds)
 
-    def _stop_requested(self) -> bool:
-        """True on every process when any process got a stop signal (so no rank is left in a collective)."""
-        local = self.stop.signum is not None
-        if self.accelerator.num_processes == 1:
-            return local
-        flag = torch.tensor([int(local)], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item())
+    def _poll(self, nonfinite: torch.Tensor) -> tuple[bool, bool, bool]:
+        """Once per optimizer update, on every process alike: (stop requested anywhere, checkpoint due,
+        non-finite loss or gradients anywhere). One small collective, so no process is left behind."""
+        c = self.cfg.checkpoint
+        minutes_due = c.every_n_minutes is not None and time.perf_counter() - self.last_save >= 60 * c.every_n_minutes
+        flags = torch.stack([
+            torch.tensor(float(self.stop.signum is not None), device=self.accelerator.device),
+            torch.tensor(float(minutes_due and self.accelerator.is_main_process), device=self.accelerator.device),
+            nonfinite.float(),
+        ])
+        stop, minutes, bad = (self.accelerator.reduce(flags, reduction="sum") > 0).tolist()
+        steps_due = c.every_n_steps is not None and (self.state.global_step + 1) % c.every_n_steps == 0
+        return stop, steps_due or minutes, bad
+
+    def _skip_nonfinite(self, epoch: int, batch_index: int) -> None:
+        state, allowed = self.state, self.cfg.train.skip_nonfinite_steps
+        where = f"epoch {epoch + 1}, step {state.global_step + 1} (batch {batch_index + 1})"
+        if state.skipped_steps >= allowed:
+            raise TrainingDiverged(
+                f"non-finite loss or gradients at {where}"
+                + (f" after skipping {allowed} such update(s)" if allowed else "")
+                + f"; nothing of it was saved, the last checkpoint ({self._latest_name()}) is intact: lower optim.lr, "
+                "set train.clip_grad_norm, or allow train.skip_nonfinite_steps"
+            )
+        state.skipped_steps += 1
+        logger.warning(f"skipping the update at {where}: non-finite loss or gradients "
+                       f"({state.skipped_steps}/{allowed} allowed)")
+
+    def _latest_name(self) -> str:
+        pointer = self.run.checkpoints / "latest"
+        return pointer.read_text().strip() if pointer.is_file() else "none yet"
+
+    def _save(self) -> str:
+        name = save_checkpoint(self.accelerator, self.run, self.state, self.cfg.checkpoint.keep_last)
+        self.last_save = time.perf_counter()
+        return name
 
     def _interrupt(self) -> None:
         state = self.state
         logger.warning(f"stop requested ({self.stop.name or 'by another process'}): saving a checkpoint at epoch "
                        f"{state.epoch + 1}, batch {state.batch_in_epoch}")
-        save_checkpoint(self.accelerator, self.run, "last", state)
+        self._save()
         if self.stop.signum is None:  # another process got the signal; exit the same way
             self.stop.signum = signal.SIGTERM
         raise TrainingInterrupted(f"stopped by {self.stop.name}", self.stop.exit_code)
@@ -184,21 +226,21 @@ class Trainer:
             "epoch_seconds": train.seconds,
             "images_per_second": train.images / max(train.seconds, 1e-9),
         }
-        if not all(math.isfinite(record[k]) for k in ("train_loss", "val_loss")):
-            raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}: train {train.loss}, val {record['val_loss']}")
+        if not math.isfinite(record["val_loss"]):
+            raise TrainingDiverged(f"non-finite validation loss after epoch {epoch + 1}; nothing of it was saved, the "
+                                   f"last checkpoint ({self._latest_name()}) is intact: lower optim.lr or set "
+                                   "train.clip_grad_norm")
         value = record[monitor]
         improved = state.best_metric is None or (value > state.best_metric if monitor == "val_acc" else value < state.best_metric)
         state.history.append(record)
         state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, []
         if improved:
             state.best_metric, state.best_epoch = value, epoch + 1
-        meta = {**self.weights_meta, "epoch": epoch + 1, "val_acc": record["val_acc"], "val_loss": record["val_loss"]}
-        save_checkpoint(self.accelerator, self.run, "last", state)
-        export_weights(self.accelerator, self.model, self.run, "last", meta)
-        if improved:
-            copy_checkpoint(self.accelerator, self.run, "last", "best")
-            if self.accelerator.is_main_process:
-                copy_weights(self.run, "last", "best")
+            state.best_checkpoint = checkpoint_name(state.global_step)
+        self._save()
+        export_weights(self.accelerator, self.model, self.run, "last", self._weights_meta(record))
+        if improved and self.accelerator.is_main_process:
+            copy_weights(self.run, "last", "best")
         # Every scalar is on the optimizer-update axis, so a resume can purge what followed its checkpoint.
         self.reporter.scalars({f"epoch/{k}": record[k] for k in record}, state.global_step)
         self.reporter.write_history(state.history)
@@ -210,6 +252,10 @@ class Trainer:
             f"{record['images_per_second']:.0f} img/s{'  *best*' if improved else ''}"
         )
 
+    def _weights_meta(self, record: dict) -> dict:
+        return {**self.weights_meta, "epoch": record["epoch"], "val_acc": record["val_acc"],
+                "val_loss": record["val_loss"]}
+
     def progress_fields(self) -> dict:
         s = self.state
         return {
@@ -218,6 +264,8 @@ class Trainer:
             "global_step": s.global_step,
             f"best_{self.cfg.checkpoint.monitor}": s.best_metric,
             "best_epoch": s.best_epoch,
+            "best_checkpoint": s.best_checkpoint,
+            "skipped_steps": s.skipped_steps,
             "train_seconds": round(s.train_seconds, 3),
             "session_seconds": round(time.perf_counter() - self.session_started, 3),
             "images_per_second": s.history[-1]["images_per_second"] if s.history else None,
@@ -229,10 +277,16 @@ class Trainer:
         """Load the best checkpoint; evaluate each split; write reports, predictions, curves and figures."""
         acc, state, run = self.accelerator, self.state, self.run
         if state.best_epoch != state.epoch:
+            best = run.checkpoint(state.best_checkpoint)
+            problem = verify(best)
+            if problem:
+                raise CheckpointError(f"{best}: the best checkpoint is not usable: {problem}")
             progress = state.state_dict()  # load_state replaces the registered train state too
-            acc.load_state(str(run.checkpoint("best")))
+            acc.load_state(str(best))
             state.load_state_dict(progress)
-        logger.info(f"evaluating the best weights (epoch {state.best_epoch})")
+        # Written again from the loaded model, so it matches the best checkpoint whatever stopped in between.
+        export_weights(acc, self.model, run, "best", self._weights_meta(state.history[state.best_epoch - 1]))
+        logger.info(f"evaluating the best weights (epoch {state.best_epoch}, {state.best_checkpoint})")
         results = {}
         for split, loader in loaders.items():
             preds = evaluate(acc, self.model, loader)

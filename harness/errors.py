@@ -17,6 +17,10 @@ class CheckpointError(UserError):
     """A run directory, checkpoint or weights file is missing or unusable."""
 
 
+class TrainingDiverged(UserError):
+    """The loss or the gradients became NaN/inf; the settings (learning rate, clipping) need a change."""
+
+
 def user_message(error: UserError) -> str:
     """The error's own one-line message, also when a DataLoader worker re-raised it with its traceback
     folded into the message."""

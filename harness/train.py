@@ -21,7 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     parser.add_argument("--run-name", help="default: the config name plus the overrides")
     parser.add_argument("--output-dir", default="runs", help="parent of run directories (default: runs)")
-    parser.add_argument("--resume", metavar="PATH", help="a run directory (its last checkpoint) or a checkpoint folder")
+    parser.add_argument("--resume", default="auto", metavar="auto|never|PATH",
+                        help="auto (default): continue the run directory's unfinished run if the config is the same; "
+                        "never: refuse an existing run directory; PATH: a run directory or a checkpoint to continue")
     parser.add_argument("--force", action="store_true", help="start over in an existing run directory, deleting it")
     parser.add_argument("--stop-after-epochs", type=int, metavar="N",
                         help="train at most N more epochs in this session, then checkpoint and exit 0 (resumable)")

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -15,7 +16,7 @@ from accelerate.utils import set_seed
 
 from harness.accel import build_accelerator, log_to_file, setup_logging
 from harness.builtin import builtin_root
-from harness.checkpoint import TrainState, resolve_resume
+from harness.checkpoint import MARKER, TrainState, clean_temporary, latest_checkpoint, resolve_checkpoint
 from harness.config import Config, DataConfig, load_config, run_name_for
 from harness.data import DataSplits, ImageListDataset, build_loader, build_transform, discover_splits
 from harness.engine import Trainer
@@ -44,12 +45,18 @@ def eval_loaders(cfg: Config, splits: DataSplits) -> dict:
     }
 
 
-def resolve_run(args: argparse.Namespace) -> tuple[Config, RunDir, Path | None]:
-    """The config, the run directory and the checkpoint to resume from (None for a new run)."""
-    if args.resume:
-        run, checkpoint = resolve_resume(args.resume)
-        cfg = load_config(args.config or run.config, args.overrides)
-        return cfg, run, checkpoint
+@dataclass
+class RunPlan:
+    cfg: Config
+    run: RunDir
+    resume_from: Path | None  # the checkpoint to continue from; None: start from the beginning
+
+
+def resolve_run(args: argparse.Namespace) -> RunPlan:
+    """Decide what this command does: continue which checkpoint of which run, or start which run afresh."""
+    if args.resume not in ("auto", "never"):
+        run, checkpoint = resolve_checkpoint(Path(args.resume))
+        return RunPlan(load_config(args.config or run.config, args.overrides), run, checkpoint)
     if not args.config:
         raise CheckpointError("--config is required to start a run (or --resume RUN_DIR to continue one)")
     cfg = load_config(args.config, args.overrides)
@@ -58,19 +65,42 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, RunDir, Path | None]:
         if getattr(cfg.data, key):
             setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).expanduser().resolve()))
     run = RunDir(Path(args.output_dir) / (args.run_name or run_name_for(cfg, args.overrides)))
-    if run.config.exists() and not args.force:
-        raise CheckpointError(
-            f"{run.root} already holds a run: --resume {run.root} continues it, --run-name NAME starts "
-            "another, --force starts over in it (deleting it)"
-        )
-    return cfg, run, None
+    if args.force or not run.root.exists():
+        return RunPlan(cfg, run, None)
+    if not run.config.is_file():
+        raise CheckpointError(f"{run.root} exists and is not a run directory: choose another --run-name or --output-dir")
+    hint = f"--run-name NAME starts another run, --force starts over in it (deleting it)"
+    if args.resume == "never":
+        raise CheckpointError(f"{run.root} already holds a run (--resume never): {hint}")
+    changed = _first_difference(load_config(run.config).to_dict(), cfg.to_dict())
+    if changed:
+        raise CheckpointError(f"{run.root} holds a run with another config ({changed}): --resume {run.root} "
+                              f"continues it with its own config, {hint}")
+    return RunPlan(cfg, run, latest_checkpoint(run))  # None: it never got to a checkpoint; start over
+
+
+def _first_difference(saved: dict, new: dict, prefix: str = "") -> str | None:
+    for key in sorted(set(saved) | set(new)):
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} there, {b!r} here"
+    return None
 
 
 def train(args: argparse.Namespace) -> int:
     """Run training; returns the process exit code."""
-    cfg, run, resume_from = resolve_run(args)
+    plan = resolve_run(args)
+    cfg, run, resume_from = plan.cfg, plan.run, plan.resume_from
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.seed)
     setup_logging(accelerator)
+    if resume_from and _is_finished(run, resume_from, cfg.train.epochs):
+        logger.info(f"{run.root} already completed its {cfg.train.epochs} epochs: nothing to do "
+                    f"(--resume {run.root} train.epochs=N trains longer, --force starts over)")
+        return 0
     set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
 
     with accelerator.main_process_first():  # materialise built-in data once
@@ -86,7 +116,8 @@ def train(args: argparse.Namespace) -> int:
     class_counts = [sum(1 for _, label in splits.splits["train"] if label == c) for c in range(len(splits.classes))]
     criterion = build_criterion(cfg.loss, class_counts).to(accelerator.device)
 
-    _prepare_run_dir(accelerator, run, cfg, splits, fresh=resume_from is None and args.force)
+    _prepare_run_dir(accelerator, run, cfg, splits, fresh=resume_from is None)
+    clean_temporary(accelerator, run)
     log_to_file(accelerator, run.log_file)
     env = _environment(accelerator)
     logger.info(f"run {run.root}  ({env['distributed_type']}, {env['num_processes']} process(es), "
@@ -108,10 +139,6 @@ def train(args: argparse.Namespace) -> int:
                     f"step {state.global_step}")
     state.config = cfg.to_dict()
     state.started_at = state.started_at or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-    if state.epoch >= cfg.train.epochs and _previous_status(run) == "completed":
-        logger.info(f"{run.root} already completed {state.epoch} epochs: raise train.epochs to train longer")
-        return 0
 
     reporter = Reporter(run, accelerator.is_main_process, cfg.log.tensorboard,
                         purge_step=state.global_step + 1 if resume_from else None)
@@ -169,8 +196,11 @@ def _environment(accelerator: Accelerator) -> dict:
     }
 
 
-def _previous_status(run: RunDir) -> str | None:
+def _is_finished(run: RunDir, checkpoint: Path, epochs: int) -> bool:
+    """The run completed (final evaluation included) and its newest checkpoint is at the last epoch."""
     try:
-        return json.loads(run.summary_json.read_text()).get("status")
-    except (OSError, ValueError):
-        return None
+        status = json.loads(run.summary_json.read_text()).get("status")
+        epoch = json.loads((checkpoint / MARKER).read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return status == "completed" and epoch >= epochs

@@ -55,6 +55,15 @@ def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+def pointer(run: Path, name: str = "latest") -> Path:
+    """The checkpoint folder that checkpoints/latest (or best) names."""
+    return run / "checkpoints" / (run / "checkpoints" / name).read_text().strip()
+
+
+def marker(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "harness_checkpoint.json").read_text())
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 

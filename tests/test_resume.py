@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import DIGITS, FAST, PYTHON, REPO, assert_same_weights, summary, train
+from conftest import DIGITS, FAST, PYTHON, REPO, assert_same_weights, marker, pointer, summary, train
 
 # Small batches give many steps per epoch, so a signal lands in the middle of one; two workers show that
 # augmentation does not depend on worker processes; a cosine schedule with warmup shows the scheduler resumes.
@@ -84,12 +84,12 @@ def test_sigterm_mid_epoch_then_resume_equals_straight(straight, env, tmp_path):
     run = tmp_path / "stopped"
     s = summary(run)
     assert s["status"] == "interrupted" and s["reason"] == "stopped by SIGTERM"
-    marker = json.loads((run / "checkpoints" / "last" / "harness_checkpoint.json").read_text())
-    assert marker["epoch"] == 1 and 20 < marker["batch_in_epoch"] < STEPS_PER_EPOCH, marker
-    assert marker["global_step"] == STEPS_PER_EPOCH + marker["batch_in_epoch"]
+    saved = marker(pointer(run))
+    assert saved["epoch"] == 1 and 20 < saved["batch_in_epoch"] < STEPS_PER_EPOCH, saved
+    assert saved["global_step"] == STEPS_PER_EPOCH + saved["batch_in_epoch"]
 
     resumed = train(["--resume", run], traced(env, trace_file))
-    assert f"resuming epoch 2 at batch {marker['batch_in_epoch'] + 1}/{STEPS_PER_EPOCH}" in resumed.stdout
+    assert f"resuming epoch 2 at batch {saved['batch_in_epoch'] + 1}/{STEPS_PER_EPOCH}" in resumed.stdout
     assert summary(run)["status"] == "completed"
     assert trace(trace_file) == reference_trace  # the same batches, in the same order, each once
     assert_same_weights(reference / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
@@ -101,7 +101,7 @@ def test_resume_of_a_completed_run_does_not_retrain(straight, env):
     reference, _ = straight
     before = (reference / "weights" / "last.safetensors").stat().st_mtime_ns
     result = train(["--resume", reference], env)
-    assert "already completed 4 epochs" in result.stdout
+    assert "already completed its 4 epochs" in result.stdout
     assert (reference / "weights" / "last.safetensors").stat().st_mtime_ns == before
     assert summary(reference)["status"] == "completed"
 
@@ -139,8 +139,8 @@ def test_sigterm_to_every_process_of_a_ddp_run_then_resume_equals_straight(env, 
     run = tmp_path / "stopped"
     s = summary(run)
     assert s["status"] == "interrupted" and s["reason"] == "stopped by SIGTERM", output[-3000:]
-    marker = json.loads((run / "checkpoints" / "last" / "harness_checkpoint.json").read_text())
-    assert marker["epoch"] == 1 and 0 < marker["batch_in_epoch"] < 79 and marker["num_processes"] == 2
+    saved = marker(pointer(run))
+    assert saved["epoch"] == 1 and 0 < saved["batch_in_epoch"] < 79 and saved["num_processes"] == 2
     assert "Connection closed by peer" not in output
 
     train(["--resume", run], ddp_env, launcher=DDP)

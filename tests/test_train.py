@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from harness.builtin import builtin_root
 
-from conftest import DIGITS, FAST, PYTHON, REPO, infer, make_image_folder, summary, train
+from conftest import DIGITS, FAST, PYTHON, REPO, infer, make_image_folder, marker, pointer, summary, train
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,15 @@ def test_quickstart_trains_digits_fast_and_well(quickstart):
 def test_run_directory_is_complete(quickstart):
     run, _, _ = quickstart
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["name"] == "compact_cnn"
-    for name in ("last", "best"):
-        ckpt = run / "checkpoints" / name
+    assert pointer(run, "latest").name == "step-00000240"  # the end of epoch 12
+    assert pointer(run, "best").name == f"step-{20 * summary(run)['best_epoch']:08d}"
+    for name in ("latest", "best"):
+        ckpt = pointer(run, name)
         for file in ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
                      "custom_checkpoint_0.pkl", "harness_checkpoint.json"):
             assert (ckpt / file).stat().st_size > 0, ckpt / file
+        assert set(marker(ckpt)["files"]) == {p.name for p in ckpt.iterdir()} - {"harness_checkpoint.json"}
+    for name in ("last", "best"):
         assert (run / "weights" / f"{name}.safetensors").stat().st_size > 10_000
     meta = json.loads((run / "weights" / "meta.json").read_text())
     assert meta["classes"] == [str(d) for d in range(10)] and meta["image_size"] == 32
@@ -127,11 +131,11 @@ def test_overrides_change_the_run_name_and_saved_config(env, tmp_path):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["optim"]["lr"] == 0.01 and saved["train"]["epochs"] == 1 and saved["model"]["kwargs"]["width"] == 8
     assert summary(run)["status"] == "completed" and summary(run)["epoch"] == 1
-    # The same command again does not silently overwrite the finished run.
-    again = train(["--config", DIGITS, "--output-dir", tmp_path, "train.epochs=1", "optim.lr=0.01", *FAST], env,
-                  launcher=PYTHON, check=False)
-    assert again.returncode == 2 and "already holds a run: --resume" in again.stderr
-    assert "Traceback" not in again.stderr
+    # The same command again finds the run complete and trains nothing.
+    before = (run / "weights" / "last.safetensors").stat().st_mtime_ns
+    again = train(["--config", DIGITS, "--output-dir", tmp_path, "train.epochs=1", "optim.lr=0.01", *FAST], env)
+    assert "already completed its 1 epochs: nothing to do" in again.stdout
+    assert (run / "weights" / "last.safetensors").stat().st_mtime_ns == before
 
 
 def test_typo_fails_with_a_suggestion_and_no_run_dir(env, tmp_path):
