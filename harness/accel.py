@@ -28,10 +28,12 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, se
     )
 
 
-def setup_logging(accelerator: Accelerator) -> None:
-    """Console logging; only the main process speaks (accelerate's get_logger), accelerate's own chatter muted."""
+def setup_logging(accelerator: Accelerator | None = None) -> None:
+    """Console logging from the main process only (the others report errors); accelerate's chatter muted.
+    Before the Accelerator exists, the launcher's RANK says which process is the main one."""
+    main = accelerator.is_main_process if accelerator else os.environ.get("RANK", "0") == "0"
     logging.basicConfig(
-        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+        level=logging.INFO if main else logging.ERROR,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stdout,

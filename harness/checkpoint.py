@@ -16,6 +16,7 @@ truncated file is caught by the manifest before anything is loaded.
 
 from __future__ import annotations
 
+import logging
 import json
 import os
 import re
@@ -27,14 +28,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.logging import get_logger
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from harness.errors import CheckpointError
 from harness.rundir import RunDir
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 MARKER = "harness_checkpoint.json"
 TMP_PREFIX = ".tmp-"

@@ -230,6 +230,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key}: expected a mapping, got {_show(value)}")
         return dict(value)
+    if tp is float and isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     if tp in _SCALARS:
         accepted, expected = _SCALARS[tp]
         if not isinstance(value, accepted) or (isinstance(value, bool) and tp is not bool):

@@ -6,6 +6,7 @@ Nothing here branches on device, precision or distribution: ``accelerator.prepar
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from harness.checkpoint import TrainState, checkpoint_name, copy_weights, export_weights, save_checkpoint, verify
@@ -27,7 +27,7 @@ from harness.reporting import Reporter, plot_curves, write_split_outputs
 from harness.rundir import RunDir
 from harness.signals import StopRequest, TrainingInterrupted
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 TOP_K = 5
 
 
@@ -75,10 +75,12 @@ class Trainer:
         self.weights_meta = weights_meta
         self.stop = StopRequest()
         self.session_started = self.last_save = time.perf_counter()
-        # Debugging aid: HARNESS_TRACE_BATCHES=<file> appends "epoch batch sample-indices..." per trained batch
-        # (one file per process), to check the data order across stops and resumes.
+        # Testing aids. HARNESS_TRACE_BATCHES=<file> appends "epoch batch sample-indices..." per trained batch
+        # (one file per process), to check the data order across stops and resumes;
+        # HARNESS_FAULT_NAN_AT_STEP=<n> makes the loss of optimizer update n NaN, to check divergence handling.
         trace = os.environ.get("HARNESS_TRACE_BATCHES")
         self.trace = open(f"{trace}.rank{accelerator.process_index}", "a") if trace else None
+        self.nan_at_step = int(os.environ.get("HARNESS_FAULT_NAN_AT_STEP", 0))
 
     # ------------------------------------------------------------------------------------------------
 
@@ -124,9 +126,12 @@ class Trainer:
                 with acc.autocast():
                     logits = self.model(images)
                     loss = self.criterion(logits, labels)
+                if state.global_step + 1 == self.nan_at_step:
+                    loss = loss * float("nan")
                 acc.backward(loss)
                 loss = loss.detach()
-                nonfinite |= ~torch.isfinite(loss)
+                finite = torch.isfinite(loss)
+                nonfinite |= ~finite
                 if acc.sync_gradients:
                     if cfg.train.clip_grad_norm is not None:
                         norm = acc.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad_norm)
@@ -140,9 +145,11 @@ class Trainer:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     nonfinite.zero_()
-            sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double(),
-                                 torch.tensor(float(len(labels)), device=acc.device, dtype=torch.float64)])
-            window += torch.stack([loss.double(), torch.ones_like(loss, dtype=torch.float64)])
+            # loss*n, correct, n and loss, 1; a skipped (non-finite) batch counts nowhere
+            n, one = float(len(labels)), torch.ones((), device=acc.device, dtype=torch.float64)
+            correct = (logits.argmax(1) == labels).sum().double()
+            sums += torch.where(finite, torch.stack([loss.double() * n, correct, one * n]), 0.0)
+            window += torch.where(finite, torch.stack([loss.double(), one]), 0.0)
             bar.update(1)
             if not acc.sync_gradients:
                 continue

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import argparse
 import json
 from pathlib import Path
 
-from accelerate.logging import get_logger
 
 from harness.accel import build_accelerator, setup_logging
 from harness.checkpoint import load_weights
@@ -19,7 +19,7 @@ from harness.reporting import write_split_outputs
 from harness.rundir import RunDir
 from harness.training import data_root
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def infer(args: argparse.Namespace) -> int:

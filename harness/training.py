@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import argparse
 import json
 import math
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
 from harness.accel import build_accelerator, log_to_file, setup_logging
@@ -27,7 +27,7 @@ from harness.reporting import Reporter
 from harness.rundir import RunDir
 from harness.signals import TrainingInterrupted
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def data_root(cfg: DataConfig) -> Path:
@@ -93,6 +93,7 @@ def _first_difference(saved: dict, new: dict, prefix: str = "") -> str | None:
 
 def train(args: argparse.Namespace) -> int:
     """Run training; returns the process exit code."""
+    setup_logging()
     plan = resolve_run(args)
     cfg, run, resume_from = plan.cfg, plan.run, plan.resume_from
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.seed)

@@ -65,6 +65,7 @@ def test_overrides_are_parsed_as_yaml_and_checked():
     cfg = load_config(DIGITS, ["optim.lr=0.01", "train.deterministic=true", "data.mean=[0.1,0.2,0.3]",
                                "train.clip_grad_norm=null", "model.kwargs.dropout=0.2", "optim.lr=1"])
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # the last override wins; ints widen
+    assert load_config(DIGITS, ["optim.lr=1e-4"]).optim.lr == 1e-4  # YAML 1.1 reads this as a string
     assert cfg.train.deterministic is True
     assert cfg.data.mean == [0.1, 0.2, 0.3]
     assert cfg.train.clip_grad_norm is None

@@ -1,0 +1,176 @@
+"""Checkpoints are complete or absent: verification, fallback, rotation, auto-resume, divergence."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.checkpoint import MARKER, _rotate, latest_checkpoint, resolve_checkpoint, verify, write_atomic
+from harness.errors import CheckpointError
+from harness.rundir import RunDir
+
+from conftest import DIGITS, FAST, PYTHON, assert_same_weights, marker, pointer, summary, train
+
+# 20 updates per epoch; a step checkpoint every 3 updates, two kept.
+SETTINGS = [*FAST, "train.epochs=2", "checkpoint.every_n_steps=3", "checkpoint.keep_last=2"]
+
+
+def fake_checkpoint(run: RunDir, step: int, complete: bool = True) -> str:
+    name = f"step-{step:08d}"
+    folder = run.checkpoint(name)
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x" * step)
+    if complete:
+        (folder / MARKER).write_text(json.dumps({"files": {"model.safetensors": step}}))
+    return name
+
+
+def test_verify_catches_missing_marker_truncated_and_missing_files(tmp_path):
+    run = RunDir(tmp_path)
+    good = run.checkpoint(fake_checkpoint(run, 10))
+    assert verify(good) is None
+    assert "did not finish" in verify(run.checkpoint(fake_checkpoint(run, 11, complete=False)))
+    (good / "model.safetensors").write_bytes(b"x" * 3)
+    assert verify(good) == "model.safetensors is 3 bytes, expected 10"
+    (good / "model.safetensors").unlink()
+    assert verify(good) == "model.safetensors is missing"
+
+
+def test_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path):
+    run = RunDir(tmp_path)
+    for step in (3, 6):
+        fake_checkpoint(run, step)
+    fake_checkpoint(run, 9, complete=False)
+    write_atomic(run.checkpoints / "latest", "step-00000009\n")
+    assert latest_checkpoint(run).name == "step-00000006"
+    write_atomic(run.checkpoints / "latest", "step-00000003\n")  # the pointer wins while it is usable
+    assert latest_checkpoint(run).name == "step-00000003"
+    assert latest_checkpoint(RunDir(tmp_path / "none")) is None
+
+
+def test_rotation_keeps_the_newest_and_the_protected(tmp_path):
+    run = RunDir(tmp_path)
+    for step in (3, 6, 9, 12, 15):
+        fake_checkpoint(run, step)
+    fake_checkpoint(run, 16, complete=False)
+    _rotate(run, keep_last=2, protect={"step-00000015", "step-00000006"})
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == [
+        "step-00000006", "step-00000012", "step-00000015", "step-00000016"]
+
+
+def test_explicit_resume_of_a_broken_checkpoint_names_it(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "config.yaml").write_text("{}")
+    broken = run.checkpoint(fake_checkpoint(run, 4, complete=False))
+    with pytest.raises(CheckpointError, match=f"--resume {broken}: not a complete checkpoint: no {MARKER}"):
+        resolve_checkpoint(broken)
+    with pytest.raises(CheckpointError, match="no complete checkpoint in"):
+        resolve_checkpoint(tmp_path)
+    good = fake_checkpoint(run, 8)
+    write_atomic(run.checkpoints / "best", good + "\n")
+    assert resolve_checkpoint(run.checkpoints / "best") == (run, run.checkpoint(good))
+    assert resolve_checkpoint(tmp_path) == (run, run.checkpoint(good))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Real runs
+
+
+@pytest.fixture(scope="module")
+def runs(env, tmp_path_factory):
+    """A straight 2-epoch run, and the same run stopped after its first epoch (to be continued)."""
+    out = tmp_path_factory.mktemp("ckpt")
+    train(["--config", DIGITS, "--output-dir", out, "--run-name", "straight", *SETTINGS], env)
+    train(["--config", DIGITS, "--output-dir", out, "--run-name", "half", "--stop-after-epochs", "1", *SETTINGS], env)
+    return out
+
+
+def command(out, name="half"):
+    return ["--config", DIGITS, "--output-dir", out, "--run-name", name, *SETTINGS]
+
+
+@pytest.mark.slow
+def test_rotation_keeps_the_two_newest_plus_best_and_each_loads(runs, env, tmp_path):
+    run = runs / "straight"
+    folders = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    best = pointer(run, "best").name
+    assert pointer(run).name == "step-00000040"
+    assert set(folders) == {"step-00000039", "step-00000040", best}
+    for name in folders:  # each one resumes: the run finishes from it with the reference weights
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        stats = summary(copy)
+        stats["status"] = "interrupted"  # as if killed in the final evaluation: resuming step-40 redoes that
+        (copy / "summary.json").write_text(json.dumps(stats))
+        result = train(["--resume", copy / "checkpoints" / name], env)
+        assert f"resumed from {copy / 'checkpoints' / name}: epoch" in result.stdout
+        assert summary(copy)["status"] == "completed"
+        assert_same_weights(run / "weights" / "last.safetensors", copy / "weights" / "last.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "no_marker"])
+def test_auto_resume_falls_back_from_a_broken_newest_checkpoint(runs, env, tmp_path, damage):
+    shutil.copytree(runs / "half", tmp_path / "half")
+    run = tmp_path / "half"
+    assert summary(run)["status"] == "interrupted" and pointer(run).name == "step-00000020"
+    newest = run / "checkpoints" / "step-00000020"
+    if damage == "truncated":
+        data = (newest / "optimizer.bin").read_bytes()
+        (newest / "optimizer.bin").write_bytes(data[: len(data) // 2])
+    else:
+        (newest / MARKER).unlink()
+    (run / "checkpoints" / ".tmp-step-00000021").mkdir()  # as a kill during a save leaves it
+    explicit = train(["--resume", newest], env, launcher=PYTHON, check=False)
+    assert explicit.returncode == 2 and f"--resume {newest}: not a complete checkpoint" in explicit.stderr
+    result = train(command(tmp_path), env)  # the same command as before: continues the run
+    assert "skipping checkpoint" in result.stdout and "falling back to step-00000018" in result.stdout
+    assert "removing" in result.stdout and not (run / "checkpoints" / ".tmp-step-00000021").exists()
+    assert "resumed from" in result.stdout and summary(run)["status"] == "completed"
+    assert_same_weights(runs / "straight" / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
+
+
+@pytest.mark.slow
+def test_same_command_refuses_another_config_and_never_mode(runs, env, tmp_path):
+    shutil.copytree(runs / "half", tmp_path / "half")
+    changed = train([*command(tmp_path), "optim.lr=0.5"], env, launcher=PYTHON, check=False)
+    assert changed.returncode == 2
+    assert changed.stderr.strip() == (
+        f"error: {tmp_path / 'half'} holds a run with another config (optim.lr: 0.003 there, 0.5 here): "
+        f"--resume {tmp_path / 'half'} continues it with its own config, --run-name NAME starts another run, "
+        "--force starts over in it (deleting it)")
+    never = train([*command(tmp_path), "--resume", "never"], env, launcher=PYTHON, check=False)
+    assert never.returncode == 2 and "already holds a run (--resume never)" in never.stderr
+    assert summary(tmp_path / "half")["status"] == "interrupted"  # untouched
+
+
+@pytest.mark.slow
+def test_nan_loss_fails_cleanly_and_keeps_the_last_checkpoint(runs, env, tmp_path):
+    nan_env = {**env, "HARNESS_FAULT_NAN_AT_STEP": "27"}
+    result = train(command(tmp_path, "nan"), nan_env, launcher=PYTHON, check=False)
+    run = tmp_path / "nan"
+    message = ("non-finite loss or gradients at epoch 2, step 27 (batch 7); nothing of it was saved, the last "
+               "checkpoint (step-00000024) is intact")
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert summary(run)["status"] == "failed" and message in summary(run)["error"]
+    latest = pointer(run)
+    assert latest.name == "step-00000024" and verify(latest) is None and marker(latest)["global_step"] == 24
+    for path in [latest / "model.safetensors", run / "weights" / "last.safetensors", run / "weights" / "best.safetensors"]:
+        assert all(torch.isfinite(t).all() for t in load_file(str(path)).values() if t.is_floating_point())
+    # Without the fault, the same command continues from that checkpoint and matches the straight run.
+    train(command(tmp_path, "nan"), env)
+    assert summary(run)["status"] == "completed"
+    assert_same_weights(runs / "straight" / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
+
+
+@pytest.mark.slow
+def test_skip_nonfinite_steps_skips_and_counts(env, tmp_path):
+    nan_env = {**env, "HARNESS_FAULT_NAN_AT_STEP": "27"}
+    result = train([*command(tmp_path, "skip"), "train.skip_nonfinite_steps=1"], nan_env)
+    assert "skipping the update at epoch 2, step 27 (batch 7)" in result.stdout
+    s = summary(tmp_path / "skip")
+    assert s["status"] == "completed" and s["skipped_steps"] == 1 and s["global_step"] == 40
+    assert math.isfinite(s["last"]["train_loss"])  # the skipped batch is not counted
