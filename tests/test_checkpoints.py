@@ -145,6 +145,9 @@ def test_same_command_refuses_another_config_and_never_mode(runs, env, tmp_path)
     never = train([*command(tmp_path), "--resume", "never"], env, launcher=PYTHON, check=False)
     assert never.returncode == 2 and "already holds a run (--resume never)" in never.stderr
     assert summary(tmp_path / "half")["status"] == "interrupted"  # untouched
+    train([*command(tmp_path), "optim.lr=0.5", "--force"], env)  # starts over in it, with the new config
+    assert summary(tmp_path / "half")["status"] == "completed" and summary(tmp_path / "half")["resumed_from"] is None
+    assert "lr: 0.5" in (tmp_path / "half" / "config.yaml").read_text()
 
 
 @pytest.mark.slow
@@ -174,3 +177,12 @@ def test_skip_nonfinite_steps_skips_and_counts(env, tmp_path):
     s = summary(tmp_path / "skip")
     assert s["status"] == "completed" and s["skipped_steps"] == 1 and s["global_step"] == 40
     assert math.isfinite(s["last"]["train_loss"])  # the skipped batch is not counted
+
+
+@pytest.mark.slow
+def test_time_based_checkpoints_land_inside_epochs(env, tmp_path):
+    train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "timed", *FAST, "train.epochs=1",
+           "checkpoint.every_n_minutes=0.0001", "checkpoint.keep_last=100"], env)
+    steps = sorted(marker(p)["global_step"] for p in (tmp_path / "timed" / "checkpoints").glob("step-*"))
+    assert len(steps) > 5 and steps[-1] == 20 and all(0 < s < 20 for s in steps[:-1])
+    assert all(verify(p) is None for p in (tmp_path / "timed" / "checkpoints").glob("step-*"))
