@@ -115,9 +115,12 @@ def clean_temporary(accelerator: Accelerator, run: RunDir) -> None:
     """Remove what a killed save left behind (it was never a checkpoint)."""
     if accelerator.is_main_process and run.checkpoints.is_dir():
         for path in run.checkpoints.iterdir():
-            if path.name.startswith(TMP_PREFIX) or path.name.startswith("."):
+            if path.name.startswith("."):  # .tmp-<name>/ folders and the .<pointer>.tmp files of write_atomic
                 logger.warning(f"removing {path}: left by a save that did not finish")
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
     accelerator.wait_for_everyone()
 
 
@@ -163,7 +166,10 @@ def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:
     """An explicit --resume: a run directory (its latest complete checkpoint), a checkpoint folder, or one of
     the pointer files ``latest``/``best``. A broken checkpoint is an error naming it."""
     if path.is_file() and path.parent.name == "checkpoints":  # checkpoints/latest or checkpoints/best
-        path = path.parent / (_read_pointer(path) or "")
+        name = _read_pointer(path)
+        if name is None:
+            raise CheckpointError(f"--resume {path}: does not name a checkpoint")
+        path = path.parent / name
     if (path / "config.yaml").is_file():
         run = RunDir(path)
         found = latest_checkpoint(run)
