@@ -11,13 +11,14 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 
-def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, seed: int = 0) -> Accelerator:
+def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, seed: int = 0,
+                      clip_grad_norm: float | None = None, batch_size: int | None = None) -> Accelerator:
     """``mixed_precision=None`` leaves precision to the launch config (ACCELERATE_MIXED_PRECISION)."""
     handlers = []
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Without CUDA, NCCL cannot work: processes must meet over gloo (DeepSpeed on CPU needs it said).
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum_steps,
         # The scheduler is stepped once per optimizer update by the loop, never once per process.
@@ -26,6 +27,18 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, se
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
         kwargs_handlers=handlers,
     )
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        # The run config is the one source of truth for accumulation and clipping under DeepSpeed too
+        # (accelerate would otherwise fill in its own defaults, clipping at 1.0); 0 turns clipping off.
+        plugin.deepspeed_config["gradient_accumulation_steps"] = grad_accum_steps
+        plugin.deepspeed_config["gradient_clipping"] = clip_grad_norm or 0.0
+        if batch_size is not None:  # the model is prepared without its loader, which would tell DeepSpeed
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
+            plugin.deepspeed_config["train_batch_size"] = batch_size * grad_accum_steps * accelerator.num_processes
+        # weights/*.safetensors are consolidated with accelerator.get_state_dict, which ZeRO-3 allows only so.
+        plugin.deepspeed_config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
+    return accelerator
 
 
 def setup_logging(accelerator: Accelerator | None = None) -> None:

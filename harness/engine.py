@@ -31,14 +31,30 @@ logger = logging.getLogger(__name__)
 TOP_K = 5
 
 
-def evaluate(accelerator: Accelerator, model, loader, desc: str = "eval") -> Predictions:
+def input_dtype(model) -> torch.dtype:
+    """The dtype the model's parameters hold: float32, except under DeepSpeed bf16/fp16, which casts the model
+    itself and wants its inputs cast alike."""
+    return next(model.parameters()).dtype
+
+
+def match_buffers_to_params(model) -> None:
+    """DeepSpeed bf16/fp16 casts the parameters but not the buffers, and BatchNorm then refuses its mixed
+    inputs; give floating buffers the parameters' dtype (nothing changes in float32)."""
+    dtype = input_dtype(model)
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            buffer.data = buffer.data.to(dtype)
+
+
+def evaluate(accelerator: Accelerator, model, loader) -> Predictions:
     """Predictions for every sample of ``loader`` exactly once, whatever the number of processes."""
     model.eval()
     batches = []
+    dtype = input_dtype(model)
     with torch.inference_mode():
         for images, labels, indices in loader:
             with accelerator.autocast():
-                logits = model(images)
+                logits = model(images.to(dtype))
             logits = logits.float()
             probs = logits.softmax(dim=1)
             top = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
@@ -73,6 +89,7 @@ class Trainer:
         self.state = state
         self.reporter = reporter
         self.weights_meta = weights_meta
+        self.input_dtype = input_dtype(model)
         self.stop = StopRequest()
         self.session_started = self.last_save = time.perf_counter()
         # Testing aids. HARNESS_TRACE_BATCHES=<file> appends "epoch batch sample-indices..." per trained batch
@@ -124,8 +141,8 @@ class Trainer:
                 print(epoch, batch_index, *indices.tolist(), file=self.trace, flush=True)
             with acc.accumulate(self.model):
                 with acc.autocast():
-                    logits = self.model(images)
-                    loss = self.criterion(logits, labels)
+                    logits = self.model(images.to(self.input_dtype))
+                    loss = self.criterion(logits.float(), labels)
                 if state.global_step + 1 == self.nan_at_step:
                     loss = loss * float("nan")
                 acc.backward(loss)

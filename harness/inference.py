@@ -29,7 +29,9 @@ def infer(args: argparse.Namespace) -> int:
     cfg = load_config(run.config)
     state_dict, meta = load_weights(run.weights_file(args.checkpoint))
     classes = meta["classes"]
-    accelerator = build_accelerator(args.mixed_precision or cfg.train.mixed_precision, seed=cfg.train.seed)
+    # Default: the precision the run trained in (from its run config or its launch config).
+    precision = args.mixed_precision or cfg.train.mixed_precision or meta.get("mixed_precision")
+    accelerator = build_accelerator(precision, seed=cfg.train.seed)
     setup_logging(accelerator)
 
     model = build_model(ModelConfig(name=meta["model"], kwargs=meta.get("model_kwargs", {})), len(classes))

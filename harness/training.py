@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from accelerate.utils import set_seed
 
 from harness.accel import build_accelerator, log_to_file, setup_logging
@@ -19,8 +20,8 @@ from harness.builtin import builtin_root
 from harness.checkpoint import MARKER, TrainState, clean_temporary, latest_checkpoint, resolve_checkpoint
 from harness.config import Config, DataConfig, load_config, run_name_for
 from harness.data import DataSplits, ImageListDataset, build_loader, build_transform, discover_splits
-from harness.engine import Trainer
-from harness.errors import CheckpointError, UserError, user_message
+from harness.engine import Trainer, match_buffers_to_params
+from harness.errors import CheckpointError, ConfigError, UserError, user_message
 from harness.models import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler
 from harness.reporting import Reporter
@@ -96,8 +97,12 @@ def train(args: argparse.Namespace) -> int:
     setup_logging()
     plan = resolve_run(args)
     cfg, run, resume_from = plan.cfg, plan.run, plan.resume_from
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.seed)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.seed,
+                                    cfg.train.clip_grad_norm, cfg.train.batch_size)
     setup_logging(accelerator)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and cfg.train.skip_nonfinite_steps:
+        raise ConfigError("train.skip_nonfinite_steps: not possible under DeepSpeed, whose engine applies the "
+                          "update inside backward; set it to 0 (a non-finite loss then stops the run)")
     if resume_from and _is_finished(run, resume_from, cfg.train.epochs):
         logger.info(f"{run.root} already completed its {cfg.train.epochs} epochs: nothing to do "
                     f"(--resume {run.root} train.epochs=N trains longer, --force starts over)")
@@ -126,12 +131,14 @@ def train(args: argparse.Namespace) -> int:
     logger.info(f"data {root}: {len(splits.classes)} classes, "
                 + ", ".join(f"{s} {len(v)}" for s, v in splits.splits.items()))
 
-    model, prepared_optimizer, train_loader, *prepared_eval = accelerator.prepare(
-        model, optimizer, train_loader, *loaders.values()
-    )
+    # Loaders first: the schedule is defined in optimizer updates, which depend on the per-process loader length.
+    train_loader, *prepared_eval = accelerator.prepare(train_loader, *loaders.values())
     loaders = dict(zip(loaders, prepared_eval))
     updates_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum_steps)
-    scheduler = accelerator.prepare(build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs, updates_per_epoch))
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs, updates_per_epoch)
+    # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
+    model, prepared_optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    match_buffers_to_params(model)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     if resume_from:
@@ -146,6 +153,7 @@ def train(args: argparse.Namespace) -> int:
     weights_meta = {
         "run": run.name, "model": cfg.model.name, "model_kwargs": cfg.model.kwargs, "classes": splits.classes,
         "image_size": cfg.data.image_size, "mean": cfg.data.mean, "std": cfg.data.std,
+        "mixed_precision": accelerator.mixed_precision,
     }
     trainer = Trainer(accelerator, cfg, run, model, prepared_optimizer, scheduler, criterion, train_loader,
                       loaders["val"], state, reporter, weights_meta)
@@ -161,6 +169,7 @@ def train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         reporter.update_summary(status="interrupted", reason=str(stop), **trainer.progress_fields())
         logger.warning(f"{stop}; continue with --resume {run.root}")
+        _leave_together(accelerator)
         return stop.exit_code
     except KeyboardInterrupt:  # during the final evaluation, after the last checkpoint: resuming redoes it
         reporter.update_summary(status="interrupted", reason="KeyboardInterrupt", **trainer.progress_fields())
@@ -175,7 +184,15 @@ def train(args: argparse.Namespace) -> int:
     logger.info(f"done: best {cfg.checkpoint.monitor} {state.best_metric:.4f} (epoch {state.best_epoch}), "
                 + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith("_acc"))
                 + f"; outputs in {run.root}")
+    _leave_together(accelerator)
     return 0
+
+
+def _leave_together(accelerator: Accelerator) -> None:
+    """Every process waits for the others, then the process group is torn down: a process that exits while
+    another still writes reports can take the job down with it (DeepSpeed's shared-memory transport aborts)."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def _prepare_run_dir(accelerator: Accelerator, run: RunDir, cfg: Config, splits: DataSplits, fresh: bool) -> None:
