@@ -54,6 +54,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # one record per completed epoch
     epoch_sums: list[float] = field(default_factory=list)  # all processes' [loss*n, correct, n] of the epoch so far
     skipped_steps: int = 0  # updates skipped for a non-finite loss (train.skip_nonfinite_steps)
+    num_processes: int = 0  # how many processes trained up to this state (batch_in_epoch is per process)
     train_seconds: float = 0.0  # time spent training, over all sessions of the run
     config: dict = field(default_factory=dict)  # the resolved config this state was trained with
     started_at: str = ""  # when the run's first session started

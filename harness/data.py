@@ -209,7 +209,7 @@ class ImageListDataset(Dataset):
         self.augment_seed = augment_seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:  # called by accelerate's DataLoaderShard.set_epoch
+    def set_epoch(self, epoch: int) -> None:  # called by the trainer at the start of every epoch
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -121,7 +121,10 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> EpochStats:
         acc, cfg, state = self.accelerator, self.cfg, self.state
         self.model.train()
-        self.train_loader.set_epoch(epoch)
+        self.train_loader.set_epoch(epoch)  # the sampler's shuffle
+        # ...and the augmentations: accelerate does not pass the epoch on to the dataset when it shards batches
+        # over several processes (its DataLoaderShard.set_epoch reaches the dataset only in an `elif`).
+        self.train_loader.dataset.set_epoch(epoch)
         skip, batches = state.batch_in_epoch, len(self.train_loader)
         loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
         if skip:

@@ -84,22 +84,33 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 # Custom models
 
 
-def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+NORMS = {
+    "batch": nn.BatchNorm2d,
+    # per-sample normalisation: results do not depend on how a batch is split over processes or micro-batches
+    "group": lambda channels: nn.GroupNorm(min(8, channels), channels),
+    "none": lambda channels: nn.Identity(),
+}
 
 
 @register_model("compact_cnn")
-def compact_cnn(num_classes: int, width: int = 32, dropout: float = 0.0) -> nn.Module:
+def compact_cnn(num_classes: int, width: int = 32, dropout: float = 0.0, norm: str = "batch") -> nn.Module:
     """A small VGG-style CNN for small images (32x32 and up): three stages, global average pooling."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+
+    def block(c_in: int, c_out: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none"), NORMS[norm](c_out),
+                             nn.ReLU(inplace=True))
+
     w = width
     return nn.Sequential(
-        _conv_bn_relu(3, w),
-        _conv_bn_relu(w, w),
+        block(3, w),
+        block(w, w),
         nn.MaxPool2d(2),
-        _conv_bn_relu(w, 2 * w),
-        _conv_bn_relu(2 * w, 2 * w),
+        block(w, 2 * w),
+        block(2 * w, 2 * w),
         nn.MaxPool2d(2),
-        _conv_bn_relu(2 * w, 4 * w),
+        block(2 * w, 4 * w),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Dropout(dropout),

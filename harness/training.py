@@ -145,6 +145,9 @@ def train(args: argparse.Namespace) -> int:
         accelerator.load_state(str(resume_from))
         logger.info(f"resumed from {resume_from}: epoch {state.epoch}, batch {state.batch_in_epoch}, "
                     f"step {state.global_step}")
+    if resume_from and state.num_processes != accelerator.num_processes:
+        _convert_position(state, accelerator.num_processes)
+    state.num_processes = accelerator.num_processes
     state.config = cfg.to_dict()
     state.started_at = state.started_at or time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -186,6 +189,18 @@ def train(args: argparse.Namespace) -> int:
                 + f"; outputs in {run.root}")
     _leave_together(accelerator)
     return 0
+
+
+def _convert_position(state: TrainState, processes: int) -> None:
+    """Carry the position inside the epoch over to another number of processes (same per-process batch)."""
+    samples = state.batch_in_epoch * state.num_processes
+    state.batch_in_epoch = samples // processes
+    logger.warning(
+        f"resuming a checkpoint of {state.num_processes} process(es) with {processes}: the epoch continues after "
+        f"{state.batch_in_epoch * processes} of its {samples} trained batches"
+        + (f" (replaying {samples % processes})" if samples % processes else "")
+        + "; per-process RNG streams and the number of updates per epoch (the schedule's pace) change with the world size"
+    )
 
 
 def _leave_together(accelerator: Accelerator) -> None:

@@ -1,0 +1,169 @@
+"""One code path, proven with real processes on the CPU (DDP over gloo): 2 processes equal 1, accumulation
+equals a bigger batch, the learning rate follows optimizer updates, evaluation counts every sample once,
+only the main process writes, and checkpoints move between world sizes."""
+
+import csv
+import sys
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import DIGITS, PYTHON, infer, make_image_folder, summary, train, weights
+
+DDP = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+       "--num_cpu_threads_per_process", "1"]
+# DDP averages gradients across processes where one process averages over the batch, and accumulation sums
+# micro-batch gradients: the same numbers, added in another order. Float32 rounding over 6 updates stays
+# far below this; a wrong batch split, a double step or a missing one moves weights by 1e-2 or more.
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def setup(env, tmp_path_factory):
+    """128 training images (2 global batches of 64), 28 val and 36 test images (not multiples of 2 x 32)."""
+    root = tmp_path_factory.mktemp("images")
+    make_image_folder(root / "train", classes=4, per_class=32, size=16)
+    make_image_folder(root / "val", classes=4, per_class=7, size=16)
+    make_image_folder(root / "test", classes=4, per_class=9, size=16)
+    config = root / "equal.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"root": str(root), "image_size": 16, "num_workers": 0,
+                 "augmentations": ["hflip", {"name": "random_crop", "padding": 2}]},
+        # GroupNorm normalises per sample, so splitting a batch cannot change the result (BatchNorm would).
+        "model": {"name": "compact_cnn", "kwargs": {"width": 8, "norm": "group"}},
+        "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "scheduler": {"name": "cosine", "warmup_epochs": 1},
+        "train": {"epochs": 3, "batch_size": 64, "deterministic": True},
+        "log": {"every_n_steps": 1, "progress": False},
+    }))
+    out = tmp_path_factory.mktemp("runs")
+    ddp_env = {**env, "ACCELERATE_USE_CPU": "1"}
+    runs = {
+        "one": train(["--config", config, "--output-dir", out, "--run-name", "one"], env),
+        "two": train(["--config", config, "--output-dir", out, "--run-name", "two", "train.batch_size=32"], ddp_env,
+                     launcher=DDP),
+        "accum": train(["--config", config, "--output-dir", out, "--run-name", "accum", "train.batch_size=32",
+                        "train.grad_accum_steps=2"], env),
+    }
+    return out, config, ddp_env, runs
+
+
+def lr_sequence(run):
+    (events,) = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars("train/lr")]
+
+
+def assert_close_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], **TOLERANCE), (key, (wa[key] - wb[key]).abs().max())
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_with_the_global_batch(setup):
+    out, _, _, _ = setup
+    assert summary(out / "two")["num_processes"] == 2 and summary(out / "two")["distributed_type"] == "MULTI_CPU"
+    assert summary(out / "one")["global_step"] == summary(out / "two")["global_step"] == 6
+    assert_close_weights(out / "one" / "weights" / "last.safetensors", out / "two" / "weights" / "last.safetensors")
+
+
+@pytest.mark.slow
+def test_accumulating_two_micro_batches_equals_one_batch_of_both(setup):
+    out, _, _, _ = setup
+    assert summary(out / "accum")["global_step"] == 6
+    assert_close_weights(out / "one" / "weights" / "last.safetensors", out / "accum" / "weights" / "last.safetensors")
+
+
+@pytest.mark.slow
+def test_learning_rate_follows_optimizer_updates_only(setup):
+    out, _, _, _ = setup
+    one = lr_sequence(out / "one")
+    assert [step for step, _ in one] == list(range(1, 7))
+    assert one == lr_sequence(out / "two") == lr_sequence(out / "accum")
+    assert one[1][1] == pytest.approx(0.05) and one[-1][1] == pytest.approx(0.0, abs=1e-12)  # warmup, then cosine
+
+
+@pytest.mark.slow
+def test_distributed_evaluation_counts_every_sample_once(setup, env, tmp_path):
+    out, _, ddp_env, _ = setup
+    for split, count in (("val", 28), ("test", 36), ("train", 128)):
+        predictions = rows(out / "two" / "predictions" / f"{split}.csv")
+        assert len(predictions) == count and len({p["path"] for p in predictions}) == count
+    # The same weights evaluated by 1 and by 2 processes: identical rows, accuracy and confusion matrix.
+    infer(["--run", out / "one", "--out", tmp_path / "one"], env)
+    result = infer(["--run", out / "one", "--out", tmp_path / "two", "--batch-size", "5"], ddp_env, launcher=DDP)
+    assert rows(tmp_path / "one" / "predictions.csv") == rows(tmp_path / "two" / "predictions.csv")
+    for name in ("classification_report.txt", "metrics.json"):
+        one = (tmp_path / "one" / name).read_text().replace('"num_processes": 1', '"num_processes": 2')
+        assert one == (tmp_path / "two" / name).read_text()
+    assert result.stdout.count("test: accuracy") == 1
+    assert rows(tmp_path / "one" / "predictions.csv") == rows(out / "one" / "predictions" / "test.csv")
+
+
+@pytest.mark.slow
+def test_only_the_main_process_writes(setup):
+    out, _, _, runs = setup
+    two = out / "two"
+    assert len(list((two / "tensorboard").iterdir())) == 1
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in (out / "one").iterdir())
+    assert sorted(p.name for p in (two / "reports").iterdir()) == sorted(p.name for p in (out / "one" / "reports").iterdir())
+    log = runs["two"].stdout
+    assert log.count("epoch 1/3") == 1 and log.count("done:") == 1
+    assert (two / "train.log").read_text().count("epoch 1/3") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first, then", [("two", "one"), ("one", "two")])
+def test_resume_across_world_sizes(setup, tmp_path, first, then):
+    out, config, ddp_env, _ = setup
+    env_for = {"one": setup_env(ddp_env), "two": ddp_env}
+    launcher = {"one": PYTHON, "two": DDP}
+    batch = ["train.batch_size=32"]
+    train(["--config", config, "--output-dir", tmp_path, "--run-name", "moved", *batch, "--stop-after-epochs", "1"],
+          env_for[first], launcher=launcher[first])
+    result = train(["--config", config, "--output-dir", tmp_path, "--run-name", "moved", *batch], env_for[then],
+                   launcher=launcher[then])
+    processes = {"one": 1, "two": 2}
+    assert (f"resuming a checkpoint of {processes[first]} process(es) with {processes[then]}: the epoch continues "
+            "after 0 of its 0 trained batches") in result.stdout
+    s = summary(tmp_path / "moved")
+    assert s["status"] == "completed" and s["epoch"] == 3 and s["num_processes"] == processes[then]
+    assert len(rows(tmp_path / "moved" / "history.csv")) == 3
+
+
+def setup_env(ddp_env):
+    return {k: v for k, v in ddp_env.items() if k != "ACCELERATE_USE_CPU"}
+
+
+def test_a_mid_epoch_position_converts_by_samples():
+    from harness.checkpoint import TrainState
+    from harness.training import _convert_position
+
+    state = TrainState(batch_in_epoch=7, num_processes=2)
+    _convert_position(state, 1)
+    assert state.batch_in_epoch == 14
+    state.num_processes = 1
+    _convert_position(state, 4)
+    assert state.batch_in_epoch == 3  # 14 batches of one process = 3.5 of four: half a batch is replayed
+
+
+@pytest.mark.slow
+def test_bf16_on_cpu_trains_and_exports_fp32(env, tmp_path):
+    train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "bf16", "train.epochs=1",
+           "model.kwargs.width=8", "train.mixed_precision=bf16"], env)
+    s = summary(tmp_path / "bf16")
+    assert s["mixed_precision"] == "bf16" and s["status"] == "completed"
+    assert s["last"]["train_loss"] < 10 and s["test_acc"] == s["test_acc"]
+    tensors = weights(tmp_path / "bf16" / "weights" / "best.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.float32, torch.int64}
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
