@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
 from harness.checkpoint import TrainState, checkpoint_name, copy_weights, export_weights, save_checkpoint, verify
@@ -46,8 +47,18 @@ def match_buffers_to_params(model) -> None:
             buffer.data = buffer.data.to(dtype)
 
 
+def sync_buffers(accelerator: Accelerator, model) -> None:
+    """Give every process the main process's buffers (BatchNorm statistics). DDP does so at each forward;
+    DeepSpeed does not, and its checkpoints hold the main process's buffers only, so without this each
+    process would evaluate with other statistics, and differently after a resume."""
+    if accelerator.num_processes > 1:
+        for buffer in model.buffers():
+            broadcast(buffer, from_process=0)
+
+
 def evaluate(accelerator: Accelerator, model, loader) -> Predictions:
     """Predictions for every sample of ``loader`` exactly once, whatever the number of processes."""
+    sync_buffers(accelerator, model)
     model.eval()
     batches = []
     dtype = input_dtype(model)
