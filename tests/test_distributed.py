@@ -10,9 +10,9 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import DIGITS, PYTHON, infer, make_image_folder, summary, train, weights
+from conftest import DIGITS, PYTHON, REPO, infer, make_image_folder, summary, train, weights
 
-DDP = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+DDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch_configs" / "cpu_ddp.yaml"),
        "--num_cpu_threads_per_process", "1"]
 # DDP averages gradients across processes where one process averages over the batch, and accumulation sums
 # micro-batch gradients: the same numbers, added in another order. Float32 rounding over 6 updates stays

@@ -112,7 +112,7 @@ def test_resume_of_a_missing_run_is_a_clear_error(env, tmp_path):
     assert result.stderr.strip() == f"error: --resume {tmp_path / 'nope'}: neither a run directory (with config.yaml) nor a checkpoint folder"
 
 
-DDP = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+DDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch_configs" / "cpu_ddp.yaml"),
        "--num_cpu_threads_per_process", "1"]
 DDP_SETTINGS = [*FAST, "train.epochs=3", "train.batch_size=8", "train.grad_accum_steps=2", "data.num_workers=0"]
 
