@@ -29,9 +29,9 @@ def check_run(run, env, tmp_path, precision):
     assert json.loads((tmp_path / "inference" / "metrics.json").read_text())["accuracy"] == s["test_acc"]
 
 
-@pytest.mark.parametrize("precision, config", [("fp16", "fp16.yaml"), ("bf16", "bf16.yaml")])
-def test_mixed_precision_on_one_gpu(env, tmp_path, precision, config):
-    """fp16 goes through accelerate's GradScaler (loss scaling); bf16 through autocast."""
+@pytest.mark.parametrize("precision, config", [("no", "single_gpu.yaml"), ("fp16", "fp16.yaml"), ("bf16", "bf16.yaml")])
+def test_one_gpu_in_each_precision(env, tmp_path, precision, config):
+    """fp32; fp16 through accelerate's GradScaler (loss scaling); bf16 through autocast."""
     train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", precision, *SETTINGS], env,
           launcher=launch(config, 1))
     check_run(tmp_path / precision, env, tmp_path, precision)
