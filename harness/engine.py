@@ -164,17 +164,7 @@ class Trainer:
                 finite = torch.isfinite(loss)
                 nonfinite |= ~finite
                 if acc.sync_gradients:
-                    if cfg.train.clip_grad_norm is not None:
-                        norm = acc.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad_norm)
-                        if acc.scaler is None and norm is not None:  # fp16's scaler skips overflowing steps itself
-                            nonfinite |= ~torch.isfinite(torch.as_tensor(norm, device=acc.device))
-                    stop, save_due, bad = self._poll(nonfinite)
-                    if bad:
-                        self._skip_nonfinite(epoch, batch_index)
-                    else:
-                        self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    stop, save_due = self._update(nonfinite, epoch, batch_index)
                     nonfinite.zero_()
             # loss*n, correct, n and loss, 1; a skipped (non-finite) batch counts nowhere
             n, one = float(len(labels)), torch.ones((), device=acc.device, dtype=torch.float64)
@@ -205,6 +195,23 @@ class Trainer:
         state.train_seconds += seconds
         loss_sum, correct, count = acc.reduce(sums, reduction="sum").tolist()
         return EpochStats(loss_sum / count, correct / count, int(count - carried_images), seconds)
+
+    def _update(self, nonfinite: torch.Tensor, epoch: int, batch_index: int) -> tuple[bool, bool]:
+        """The optimizer update at the end of an accumulation window (clip, poll, step or skip, schedule).
+        Returns (stop requested, checkpoint due), the same on every process."""
+        acc, clip = self.accelerator, self.cfg.train.clip_grad_norm
+        if clip is not None:
+            norm = acc.clip_grad_norm_(self.model.parameters(), clip)
+            if acc.scaler is None and norm is not None:  # fp16's scaler skips overflowing steps itself
+                nonfinite = nonfinite | ~torch.isfinite(torch.as_tensor(norm, device=acc.device))
+        stop, save_due, bad = self._poll(nonfinite)
+        if bad:
+            self._skip_nonfinite(epoch, batch_index)
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stop, save_due
 
     def _poll(self, nonfinite: torch.Tensor) -> tuple[bool, bool, bool]:
         """Once per optimizer update, on every process alike: (stop requested anywhere, checkpoint due,
