@@ -16,8 +16,8 @@ truncated file is caught by the manifest before anything is loaded.
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import os
 import re
 import shutil
@@ -129,10 +129,15 @@ def clean_temporary(accelerator: Accelerator, run: RunDir) -> None:
 # Finding and checking
 
 
+def read_marker(path: Path) -> dict:
+    """The manifest of checkpoint ``path`` (epoch, step, processes, files); OSError/ValueError if unreadable."""
+    return json.loads((path / MARKER).read_text())
+
+
 def verify(path: Path) -> str | None:
     """None if ``path`` is a complete checkpoint; otherwise what is wrong with it."""
     try:
-        marker = json.loads((path / MARKER).read_text())
+        marker = read_marker(path)
     except FileNotFoundError:
         return f"no {MARKER} (the save did not finish)"
     except (OSError, ValueError) as e:
@@ -144,13 +149,14 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def is_checkpoint(path: Path) -> bool:
-    return (path / MARKER).is_file()
+def latest_name(run: RunDir) -> str | None:
+    """What ``checkpoints/latest`` names (None before the first save)."""
+    return _read_pointer(run.checkpoints / "latest")
 
 
 def latest_checkpoint(run: RunDir) -> Path | None:
     """The checkpoint named by ``latest`` if it is complete, else the newest complete one (with a warning)."""
-    pointed = _read_pointer(run.checkpoints / "latest")
+    pointed = latest_name(run)
     if pointed and verify(run.checkpoint(pointed)) is None:
         return run.checkpoint(pointed)
     for path in reversed(_step_folders(run)):

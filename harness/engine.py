@@ -20,7 +20,8 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
-from harness.checkpoint import TrainState, checkpoint_name, copy_weights, export_weights, save_checkpoint, verify
+from harness.checkpoint import (TrainState, checkpoint_name, copy_weights, export_weights, latest_name, save_checkpoint,
+                               verify)
 from harness.config import Config
 from harness.errors import CheckpointError, TrainingDiverged
 from harness.metrics import Predictions
@@ -123,7 +124,7 @@ class Trainer:
                 val = evaluate(self.accelerator, self.model, self.val_loader)
                 self._end_epoch(epoch, train, val)
                 if self.stop.signum is not None:  # arrived during validation or the save: already checkpointed
-                    raise TrainingInterrupted(f"stopped by {self.stop.name}", self.stop.exit_code)
+                    raise self.stop.interrupted()
         finally:
             self.stop.uninstall()
         if end < epochs:
@@ -242,13 +243,11 @@ class Trainer:
                        f"({state.skipped_steps}/{allowed} allowed)")
 
     def _latest_name(self) -> str:
-        pointer = self.run.checkpoints / "latest"
-        return pointer.read_text().strip() if pointer.is_file() else "none yet"
+        return latest_name(self.run) or "none yet"
 
-    def _save(self) -> str:
-        name = save_checkpoint(self.accelerator, self.run, self.state, self.cfg.checkpoint.keep_last)
+    def _save(self) -> None:
+        save_checkpoint(self.accelerator, self.run, self.state, self.cfg.checkpoint.keep_last)
         self.last_save = time.perf_counter()
-        return name
 
     def _interrupt(self) -> None:
         state = self.state
@@ -257,7 +256,7 @@ class Trainer:
         self._save()
         if self.stop.signum is None:  # another process got the signal; exit the same way
             self.stop.signum = signal.SIGTERM
-        raise TrainingInterrupted(f"stopped by {self.stop.name}", self.stop.exit_code)
+        raise self.stop.interrupted()
 
     def _end_epoch(self, epoch: int, train: EpochStats, val: Predictions) -> None:
         state, monitor = self.state, self.cfg.checkpoint.monitor

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import argparse
 import json
+import logging
 from pathlib import Path
-
 
 from harness.accel import build_accelerator, setup_logging
 from harness.checkpoint import load_weights

@@ -46,6 +46,10 @@ class StopRequest:
     def exit_code(self) -> int:
         return 128 + (self.signum or 0)
 
+    def interrupted(self) -> "TrainingInterrupted":
+        """The exception the loop raises once it has saved a checkpoint for this request."""
+        return TrainingInterrupted(f"stopped by {self.name}", self.exit_code)
+
 
 class TrainingInterrupted(Exception):
     """Raised by the loop after it saved a checkpoint: a stop signal, or the session's epoch budget."""

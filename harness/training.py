@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import argparse
 import json
+import logging
 import math
 import shutil
 import time
@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 
 from harness.accel import build_accelerator, log_to_file, setup_logging
 from harness.builtin import builtin_root
-from harness.checkpoint import MARKER, TrainState, clean_temporary, latest_checkpoint, resolve_checkpoint
+from harness.checkpoint import TrainState, clean_temporary, latest_checkpoint, read_marker, resolve_checkpoint
 from harness.config import Config, DataConfig, load_config, run_name_for
 from harness.data import DataSplits, ImageListDataset, build_loader, build_transform, discover_splits
 from harness.engine import Trainer, match_buffers_to_params
@@ -70,7 +69,7 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
         return RunPlan(cfg, run, None)
     if not run.config.is_file():
         raise CheckpointError(f"{run.root} exists and is not a run directory: choose another --run-name or --output-dir")
-    hint = f"--run-name NAME starts another run, --force starts over in it (deleting it)"
+    hint = "--run-name NAME starts another run, --force starts over in it (deleting it)"
     if args.resume == "never":
         raise CheckpointError(f"{run.root} already holds a run (--resume never): {hint}")
     changed = _first_difference(load_config(run.config).to_dict(), cfg.to_dict())
@@ -233,7 +232,7 @@ def _is_finished(run: RunDir, checkpoint: Path, epochs: int) -> bool:
     """The run completed (final evaluation included) and its newest checkpoint is at the last epoch."""
     try:
         status = json.loads(run.summary_json.read_text()).get("status")
-        epoch = json.loads((checkpoint / MARKER).read_text())["epoch"]
+        epoch = read_marker(checkpoint)["epoch"]
     except (OSError, ValueError, KeyError):
         return False
     return status == "completed" and epoch >= epochs
