@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -49,6 +50,19 @@ def infer(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
 
 
 PYTHON = [sys.executable]  # a launcher for a plain single-process run, signalled directly by tests
+DDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch_configs" / "cpu_ddp.yaml"),
+       "--num_cpu_threads_per_process", "1"]  # two CPU processes over gloo
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def history_metrics(run: Path) -> list[dict]:
+    """history.csv without its timings: what must be equal between two runs that trained the same."""
+    keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    return [{k: r[k] for k in keys} for r in rows(run / "history.csv")]
 
 
 def summary(run: Path) -> dict:

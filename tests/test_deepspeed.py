@@ -1,13 +1,12 @@
 """DeepSpeed ZeRO 1, 2 and 3 with two CPU processes, through the unchanged entry points: train, checkpoint,
 resume exactly, export fp32 safetensors that inference loads without DeepSpeed."""
 
-import csv
 import sys
 
 import pytest
 import torch
 
-from conftest import DIGITS, FAST, PYTHON, REPO, infer, summary, train, weights
+from conftest import DIGITS, FAST, PYTHON, REPO, history_metrics, infer, summary, train, weights
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (pip install -e '.[deepspeed]')")
 
@@ -22,10 +21,6 @@ def launcher(stage: int, precision: str) -> list[str]:
             "--mixed_precision", precision, "--num_cpu_threads_per_process", "1"]
 
 
-def history(run):
-    with open(run / "history.csv", newline="") as f:
-        return [{k: r[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")}
-                for r in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize("stage, precision", [(1, "no"), (2, "no"), (3, "bf16")])
@@ -41,8 +36,8 @@ def test_zero_stage_trains_resumes_exactly_and_exports(env, tmp_path, stage, pre
     assert s["distributed_type"] == "DEEPSPEED" and s["num_processes"] == 2 and s["mixed_precision"] == precision
     assert s["status"] == "completed" and s["global_step"] == 20
     # After the resume, every loss and accuracy is the one the uninterrupted run had.
-    assert history(resumed) == history(straight)
-    assert [h["lr"] for h in history(straight)][-1] == "0.0"  # the engine stepped the harness's schedule
+    assert history_metrics(resumed) == history_metrics(straight)
+    assert [h["lr"] for h in history_metrics(straight)][-1] == "0.0"  # the engine stepped the harness's schedule
     # Consolidated fp32 weights that plain PyTorch loads; inference (one process, no DeepSpeed) agrees exactly.
     tensors = weights(resumed / "weights" / "best.safetensors")
     assert {t.dtype for t in tensors.values()} <= {torch.float32, torch.int64}

@@ -2,18 +2,14 @@
 equals a bigger batch, the learning rate follows optimizer updates, evaluation counts every sample once,
 only the main process writes, and checkpoints move between world sizes."""
 
-import csv
-import sys
 
 import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import DIGITS, PYTHON, REPO, infer, make_image_folder, summary, train, weights
+from conftest import DDP, DIGITS, PYTHON, infer, make_image_folder, rows, summary, train, weights
 
-DDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch_configs" / "cpu_ddp.yaml"),
-       "--num_cpu_threads_per_process", "1"]
 # DDP averages gradients across processes where one process averages over the batch, and accumulation sums
 # micro-batch gradients: the same numbers, added in another order. Float32 rounding over 6 updates stays
 # far below this; a wrong batch split, a double step or a missing one moves weights by 1e-2 or more.
@@ -64,9 +60,6 @@ def assert_close_weights(a, b):
         assert torch.allclose(wa[key], wb[key], **TOLERANCE), (key, (wa[key] - wb[key]).abs().max())
 
 
-def rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.slow

@@ -1,17 +1,14 @@
 """Exact resume: stopping and continuing gives the same weights, bit for bit, as never stopping (CPU,
 ``train.deterministic: true``), and the same data order."""
 
-import csv
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import DIGITS, FAST, PYTHON, REPO, assert_same_weights, marker, pointer, summary, train
+from conftest import DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, history_metrics, marker, pointer, summary, train
 
 # Small batches give many steps per epoch, so a signal lands in the middle of one; two workers show that
 # augmentation does not depend on worker processes; a cosine schedule with warmup shows the scheduler resumes.
@@ -28,10 +25,6 @@ def trace(path):
     return [line.split() for line in open(f"{path}.rank0")]
 
 
-def metrics(history_csv):
-    with open(history_csv, newline="") as f:
-        return [{k: r[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")}
-                for r in csv.DictReader(f)]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +50,7 @@ def test_two_epochs_then_resume_equals_four_straight(straight, env, tmp_path):
     assert s["status"] == "completed" and s["epoch"] == 4 and s["global_step"] == 4 * STEPS_PER_EPOCH
     assert_same_weights(reference / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
     assert_same_weights(reference / "weights" / "best.safetensors", run / "weights" / "best.safetensors")
-    assert metrics(run / "history.csv") == metrics(reference / "history.csv")
+    assert history_metrics(run) == history_metrics(reference)
     for key in ("test_acc", "best_val_acc", "best_epoch"):
         assert s[key] == summary(reference)[key]
     assert trace(tmp_path / "trace") == reference_trace
@@ -93,7 +86,7 @@ def test_sigterm_mid_epoch_then_resume_equals_straight(straight, env, tmp_path):
     assert summary(run)["status"] == "completed"
     assert trace(trace_file) == reference_trace  # the same batches, in the same order, each once
     assert_same_weights(reference / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
-    assert metrics(run / "history.csv") == metrics(reference / "history.csv")  # timings aside, every figure
+    assert history_metrics(run) == history_metrics(reference)  # timings aside, every figure
 
 
 @pytest.mark.slow
@@ -112,8 +105,6 @@ def test_resume_of_a_missing_run_is_a_clear_error(env, tmp_path):
     assert result.stderr.strip() == f"error: --resume {tmp_path / 'nope'}: neither a run directory (with config.yaml) nor a checkpoint folder"
 
 
-DDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch_configs" / "cpu_ddp.yaml"),
-       "--num_cpu_threads_per_process", "1"]
 DDP_SETTINGS = [*FAST, "train.epochs=3", "train.batch_size=8", "train.grad_accum_steps=2", "data.num_workers=0"]
 
 
@@ -146,4 +137,4 @@ def test_sigterm_to_every_process_of_a_ddp_run_then_resume_equals_straight(env, 
     train(["--resume", run], ddp_env, launcher=DDP)
     assert summary(run)["status"] == "completed"
     assert_same_weights(tmp_path / "straight" / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
-    assert metrics(run / "history.csv") == metrics(tmp_path / "straight" / "history.csv")
+    assert history_metrics(run) == history_metrics(tmp_path / "straight")

@@ -1,6 +1,5 @@
 """End to end through the real entry points: the quickstart, inference, the run directory, errors."""
 
-import csv
 import json
 import os
 import time
@@ -12,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from harness.builtin import builtin_root
 
-from conftest import DIGITS, FAST, PYTHON, REPO, infer, make_image_folder, marker, pointer, summary, train
+from conftest import DIGITS, FAST, PYTHON, REPO, infer, make_image_folder, marker, pointer, rows, summary, train
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +23,6 @@ def quickstart(env, tmp_path_factory):
     return out / "digits", time.perf_counter() - started, result
 
 
-def rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.slow
