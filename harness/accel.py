@@ -61,3 +61,13 @@ def log_to_file(accelerator: Accelerator, path) -> None:
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         logging.getLogger().addHandler(handler)
+
+
+def environment(accelerator: Accelerator) -> dict:
+    """Where and how the processes run, as the log and the summary report it."""
+    return {
+        "device": str(accelerator.device),
+        "distributed_type": str(accelerator.distributed_type).rsplit(".", 1)[-1],
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+    }

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from harness.config import DataConfig
 from harness.data import stratified_split
 
 DIGITS_VERSION = "digits-v1"
@@ -26,6 +27,11 @@ def default_cache_dir() -> Path:
     if os.environ.get("HARNESS_CACHE_DIR"):
         return Path(os.environ["HARNESS_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "harness"
+
+
+def data_root(cfg: DataConfig) -> Path:
+    """The image folder a data config names: a built-in set (materialised on first use) or ``data.root``."""
+    return builtin_root(cfg.builtin, cfg.cache_dir) if cfg.builtin else Path(cfg.root).expanduser()
 
 
 def builtin_root(name: str, cache_dir: str | None) -> Path:

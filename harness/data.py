@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from harness.atomic import atomic_path, write_atomic
 from harness.config import DataConfig
 from harness.errors import ConfigError, DataError
 
@@ -37,12 +38,19 @@ class DataSplits:
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "classes.txt").write_text("".join(f"{name}\n" for name in self.classes))
+        write_atomic(folder / "classes.txt", "".join(f"{name}\n" for name in self.classes))
         for split, samples in self.splits.items():
-            with open(folder / f"{split}.csv", "w", newline="") as f:
+            with atomic_path(folder / f"{split}.csv") as tmp, open(tmp, "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["path", "label"])
                 writer.writerows((path, self.classes[label]) for path, label in samples)
+
+    def class_counts(self, split: str) -> list[int]:
+        """Images per class in ``split``, in class order."""
+        counts = [0] * len(self.classes)
+        for _, label in self.splits[split]:
+            counts[label] += 1
+        return counts
 
     @classmethod
     def load(cls, folder: Path, root: Path) -> "DataSplits":

@@ -25,9 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.inference import infer
+    from harness.predict import predict
 
-    return run_cli(lambda: infer(parse_args(argv)))
+    return run_cli(lambda: predict(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What a run writes for people: summary, history, TensorBoard, reports, plots and prediction CSVs.
+"""What a run writes for people besides its summary: history, TensorBoard, reports, plots, prediction CSVs.
 
 A ``Reporter`` is built on every process but writes only on the main one, so callers never branch on rank.
 """
@@ -6,15 +6,12 @@ A ``Reporter`` is built on every process but writes only on the main one, so cal
 from __future__ import annotations
 
 import csv
-import json
-import os
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from harness.atomic import atomic_path, write_atomic
 from harness.metrics import Predictions
 from harness.rundir import RunDir
 
@@ -22,10 +19,12 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "l
 
 
 class Reporter:
+    """The run's records over time: ``history.csv`` (one row per epoch) and TensorBoard events, whose step is
+    always the optimizer update (so a resume can drop what its previous session logged after the checkpoint)."""
+
     def __init__(self, run: RunDir, enabled: bool, tensorboard: bool, purge_step: int | None = None) -> None:
         self.run = run
         self.enabled = enabled
-        self.summary: dict[str, Any] = {}
         self.writer = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -33,23 +32,13 @@ class Reporter:
             # purge_step drops events a previous session logged after its last checkpoint
             self.writer = SummaryWriter(str(run.tensorboard), purge_step=purge_step or None)
 
-    def update_summary(self, **fields: Any) -> None:
-        self.summary.update(fields)
-        self.summary["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        if not self.enabled:
-            return
-        _write_text(self.run.summary_json, json.dumps(self.summary, indent=2, default=_plain) + "\n")
-        _write_text(self.run.summary_txt, summary_text(self.summary))
-
     def write_history(self, history: list[dict]) -> None:
         if not self.enabled:
             return
-        tmp = self.run.history_csv.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.run.history_csv) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(history)
-        os.replace(tmp, self.run.history_csv)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
@@ -70,16 +59,6 @@ class Reporter:
             self.writer = None
 
 
-def summary_text(summary: dict[str, Any]) -> str:
-    width = max(len(k) for k in summary)
-    lines = []
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-        lines.append(f"{key.ljust(width)}  {_fmt(value)}")
-    return "\n".join(lines) + "\n"
-
-
 # ----------------------------------------------------------------------------------------------------
 # Per-split outputs, shared by training and inference
 
@@ -95,9 +74,9 @@ def write_split_outputs(
         return None
     report.parent.mkdir(parents=True, exist_ok=True)
     header = f"{title}\naccuracy: {preds.accuracy():.6f} ({int((preds.predicted == preds.labels).sum())}/{len(preds)})\n\n"
-    _write_text(report, header + preds.report(classes))
+    write_atomic(report, header + preds.report(classes))
     figure = confusion_figure(preds.confusion(len(classes)), classes, title)
-    figure.savefig(matrix_png, dpi=100)
+    save_png(figure, matrix_png)
     return figure
 
 
@@ -105,15 +84,13 @@ def write_predictions_csv(preds: Predictions, classes: list[str], paths: list[st
     path.parent.mkdir(parents=True, exist_ok=True)
     k = preds.topk_classes.shape[1]
     header = ["path"] + (["label"] if preds.labeled else []) + ["prediction", "confidence", f"top{k}"]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row, index in enumerate(preds.indices):
             top = " ".join(f"{classes[c]}:{p:.4f}" for c, p in zip(preds.topk_classes[row], preds.topk_probs[row]))
             label = [classes[preds.labels[row]]] if preds.labeled else []
             writer.writerow([paths[index]] + label + [classes[preds.predicted[row]], f"{preds.confidence[row]:.6f}", top])
-    os.replace(tmp, path)
 
 
 def confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> Figure:
@@ -148,27 +125,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    save_png(figure, path)
 
 
-# ----------------------------------------------------------------------------------------------------
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "-" if value is None else str(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def save_png(figure: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100, format="png")

@@ -1,4 +1,4 @@
-"""The layout of a run directory, in one place."""
+"""The layout of a run directory, in one place: every path a run reads or writes under ``runs/<name>/``."""
 
 from __future__ import annotations
 
@@ -6,67 +6,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _at(*parts: str) -> property:
+    """A path under the run directory's root, as a read-only attribute."""
+    return property(lambda self: self.root.joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class RunDir:
+    """A run directory; its attributes are the paths of what a run keeps there (see the README)."""
+
     root: Path
+
+    config = _at("config.yaml")  # the resolved config the run used
+    splits = _at("splits")  # classes.txt and <split>.csv: the images of each split
+    checkpoints = _at("checkpoints")  # step-<n>/ folders and the latest/best pointers
+    weights = _at("weights")  # <name>.safetensors, meta.json
+    weights_meta = _at("weights", "meta.json")
+    summary_json = _at("summary.json")
+    summary_txt = _at("summary.txt")
+    history_csv = _at("history.csv")
+    log_file = _at("train.log")
+    tensorboard = _at("tensorboard")
+    reports = _at("reports")  # classification reports, confusion matrices, curves
+    predictions = _at("predictions")  # <split>.csv from the final test
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
 
     @property
     def name(self) -> str:
         return self.root.name
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / name
 
-    @property
-    def weights(self) -> Path:
-        return self.root / "weights"
-
     def weights_file(self, name: str) -> Path:
         return self.weights / f"{name}.safetensors"
-
-    @property
-    def weights_meta(self) -> Path:
-        return self.weights / "meta.json"
-
-    @property
-    def splits(self) -> Path:
-        return self.root / "splits"
-
-    @property
-    def summary_json(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def summary_txt(self) -> Path:
-        return self.root / "summary.txt"
-
-    @property
-    def history_csv(self) -> Path:
-        return self.root / "history.csv"
-
-    @property
-    def log_file(self) -> Path:
-        return self.root / "train.log"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
-
-    @property
-    def predictions(self) -> Path:
-        return self.root / "predictions"
 
     def inference(self, split: str) -> Path:
         return self.root / "inference" / split

@@ -52,7 +52,9 @@ class StopRequest:
 
 
 class TrainingInterrupted(Exception):
-    """Raised by the loop after it saved a checkpoint: a stop signal, or the session's epoch budget."""
+    """The session ends before the run does, after the loop saved a checkpoint: a stop signal (exit code
+    128 + its number), or the end of the session's epoch budget, ``--stop-after-epochs`` (exit code 0).
+    Either way the run's status becomes ``interrupted`` and the same command continues it."""
 
     def __init__(self, reason: str, exit_code: int) -> None:
         super().__init__(reason)

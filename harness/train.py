@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.training import train
+    from harness.run import train
 
     return run_cli(lambda: train(parse_args(argv)))
 

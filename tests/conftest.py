@@ -78,6 +78,17 @@ def marker(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "harness_checkpoint.json").read_text())
 
 
+def fake_checkpoint(run, step: int, complete: bool = True) -> str:
+    """A checkpoint folder of ``run`` (a RunDir) with one file and, if ``complete``, its manifest."""
+    name = f"step-{step:08d}"
+    folder = run.checkpoint(name)
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x" * step)
+    if complete:
+        (folder / "harness_checkpoint.json").write_text(json.dumps({"epoch": 0, "files": {"model.safetensors": step}}))
+    return name
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 

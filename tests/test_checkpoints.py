@@ -2,30 +2,25 @@
 
 import json
 import math
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.checkpoint import MARKER, _rotate, latest_checkpoint, resolve_checkpoint, verify, write_atomic
+from harness.atomic import write_atomic
+from harness.checkpoint import MARKER, clean_temporary, latest_checkpoint, read_pointer, rotate, save_checkpoint, verify
 from harness.errors import CheckpointError
+from harness.plan import resolve_checkpoint
 from harness.rundir import RunDir
+from harness.state import TrainState
 
-from conftest import DIGITS, FAST, PYTHON, assert_same_weights, marker, pointer, summary, train
+from conftest import DIGITS, FAST, PYTHON, assert_same_weights, fake_checkpoint, marker, pointer, summary, train
 
 # 20 updates per epoch; a step checkpoint every 3 updates, two kept.
 SETTINGS = [*FAST, "train.epochs=2", "checkpoint.every_n_steps=3", "checkpoint.keep_last=2"]
-
-
-def fake_checkpoint(run: RunDir, step: int, complete: bool = True) -> str:
-    name = f"step-{step:08d}"
-    folder = run.checkpoint(name)
-    folder.mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"x" * step)
-    if complete:
-        (folder / MARKER).write_text(json.dumps({"files": {"model.safetensors": step}}))
-    return name
 
 
 def test_verify_catches_missing_marker_truncated_and_missing_files(tmp_path):
@@ -56,7 +51,7 @@ def test_rotation_keeps_the_newest_and_the_protected(tmp_path):
     for step in (3, 6, 9, 12, 15):
         fake_checkpoint(run, step)
     fake_checkpoint(run, 16, complete=False)
-    _rotate(run, keep_last=2, protect={"step-00000015", "step-00000006"})
+    rotate(run, keep_last=2, protect={"step-00000015", "step-00000006"})
     assert sorted(p.name for p in run.checkpoints.iterdir()) == [
         "step-00000006", "step-00000012", "step-00000015", "step-00000016"]
 
@@ -73,6 +68,75 @@ def test_explicit_resume_of_a_broken_checkpoint_names_it(tmp_path):
     write_atomic(run.checkpoints / "best", good + "\n")
     assert resolve_checkpoint(run.checkpoints / "best") == (run, run.checkpoint(good))
     assert resolve_checkpoint(tmp_path) == (run, run.checkpoint(good))
+
+
+class Crash(Exception):
+    """Stands for a kill -9: whatever the save was about to do next never happens."""
+
+
+class OneProcess:
+    """The part of an Accelerator that save_checkpoint uses; save_state writes two files, and every file
+    operation of the save (these writes, renames, replaces, deletions) counts as an event. The event numbered
+    ``crash_at`` crashes instead of happening."""
+
+    is_main_process, num_processes = True, 1
+
+    def __init__(self, monkeypatch=None, crash_at: int = 0) -> None:
+        self.events, self.crash_at = 0, crash_at
+        for module, name in ((os, "replace"), (os, "rename"), (shutil, "rmtree")) if monkeypatch else ():
+            monkeypatch.setattr(module, name, self._counted(getattr(module, name)))
+
+    def _counted(self, operation):
+        def run(*args, **kwargs):
+            self.events += 1
+            if self.events == self.crash_at:
+                raise Crash
+            return operation(*args, **kwargs)
+        return run
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    def save_state(self, folder: str) -> None:
+        for name, size in (("model.safetensors", 300), ("optimizer.bin", 500)):
+            self._counted(Path(folder, name).write_bytes)(b"w" * size)
+
+
+# (global step, epoch, best checkpoint): mid-epoch and epoch-end saves, rotation (keep_last 2), and a re-save
+# of step 10 (a stop at the epoch's last batch saves mid-epoch, the resumed run saves the epoch's end).
+SAVES = [(3, 0, None), (5, 1, "step-00000005"), (8, 1, "step-00000005"), (10, 1, "step-00000005"),
+         (10, 2, "step-00000010"), (13, 2, "step-00000010")]
+
+
+def save_all(run: RunDir, accelerator: OneProcess, done: list[str]) -> None:
+    for step, epoch, best in SAVES[len(done):]:
+        state = TrainState(epoch=epoch, global_step=step, best_checkpoint=best)
+        done.append(save_checkpoint(accelerator, run, state, keep_last=2))
+
+
+def test_latest_never_names_an_incomplete_checkpoint_wherever_a_save_stops(tmp_path, monkeypatch):
+    for module in ("harness.atomic", "harness.checkpoint"):  # durability is not what this test is about: fast
+        monkeypatch.setattr(f"{module}.fsync", lambda path: None)
+    with monkeypatch.context() as patch:
+        counted = OneProcess(patch)
+        save_all(RunDir(tmp_path / "count"), counted, [])
+    assert counted.events > 40
+    for crash_at in range(1, counted.events + 1):
+        run, done = RunDir(tmp_path / f"crash-{crash_at}"), []  # done: the saves that returned before the crash
+        with monkeypatch.context() as patch, pytest.raises(Crash):
+            save_all(run, OneProcess(patch, crash_at), done)
+        named = read_pointer(run.checkpoints / "latest")
+        assert named is None or verify(run.checkpoint(named)) is None, (crash_at, named)
+        resume = latest_checkpoint(run)
+        if done:  # the resume point is complete: the save that crashed, or one of the last two that finished
+            interrupted = f"step-{SAVES[len(done)][0]:08d}"
+            assert resume is not None and resume.name in [*done[-2:], interrupted], (crash_at, resume)
+            assert verify(resume) is None
+        # The next session cleans up after the crash, and its saves succeed.
+        clean_temporary(OneProcess(), run)
+        save_all(run, OneProcess(), done)
+        assert read_pointer(run.checkpoints / "latest") == "step-00000013"
+        assert {p.name for p in run.checkpoints.iterdir()} == {"latest", "best", "step-00000010", "step-00000013"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -93,22 +157,28 @@ def command(out, name="half"):
 
 
 @pytest.mark.slow
-def test_rotation_keeps_the_two_newest_plus_best_and_each_loads(runs, env, tmp_path):
+def test_rotation_keeps_the_two_newest_plus_best_and_each_resumes_to_the_reference(runs, env, tmp_path):
     run = runs / "straight"
     folders = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     best = pointer(run, "best").name
     assert pointer(run).name == "step-00000040"
     assert set(folders) == {"step-00000039", "step-00000040", best}
-    for name in folders:  # each one resumes: the run finishes from it with the reference weights
+    assert_same_weights(run / "weights" / "last.safetensors", pointer(run) / "model.safetensors")
+    for name in folders:  # each one resumes: the run finishes from it and writes the reference outputs anew
         copy = tmp_path / name
         shutil.copytree(run, copy)
+        for produced in ("weights", "predictions", "reports"):
+            shutil.rmtree(copy / produced)
         stats = summary(copy)
         stats["status"] = "interrupted"  # as if killed in the final evaluation: resuming step-40 redoes that
         (copy / "summary.json").write_text(json.dumps(stats))
         result = train(["--resume", copy / "checkpoints" / name], env)
         assert f"resumed from {copy / 'checkpoints' / name}: epoch" in result.stdout
-        assert summary(copy)["status"] == "completed"
-        assert_same_weights(run / "weights" / "last.safetensors", copy / "weights" / "last.safetensors")
+        assert summary(copy)["status"] == "completed" and summary(copy)["test_acc"] == summary(run)["test_acc"]
+        assert_same_weights(run / "weights" / "best.safetensors", copy / "weights" / "best.safetensors")
+        assert (copy / "predictions" / "test.csv").read_text() == (run / "predictions" / "test.csv").read_text()
+        if name != "step-00000040":  # it trained to the end and exported the last weights again
+            assert_same_weights(run / "weights" / "last.safetensors", copy / "weights" / "last.safetensors")
 
 
 @pytest.mark.slow

@@ -1,0 +1,147 @@
+"""Building a training run: its parts, made and prepared by the Accelerator in the order it needs, in one object.
+
+seed -> splits -> loaders -> model, optimizer, loss -> run directory -> prepare (loaders first, then model,
+optimizer and scheduler together) -> [load_state] -> reporter and summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
+
+from harness.accel import environment, log_to_file
+from harness.builtin import data_root
+from harness.checkpoint import clean_temporary
+from harness.config import Config
+from harness.data import DataSplits, ImageListDataset, build_loader, build_transform, discover_splits
+from harness.evaluation import match_buffers_to_params
+from harness.models import build_model, num_parameters
+from harness.optim import build_criterion, build_optimizer, build_scheduler
+from harness.plan import RunPlan
+from harness.reporting import Reporter
+from harness.rundir import RunDir
+from harness.state import TrainState
+from harness.summary import RunSummary
+from harness.weights import weights_metadata
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """A training run, built and prepared: everything the Trainer works with."""
+
+    accelerator: Accelerator
+    cfg: Config
+    rundir: RunDir
+    splits: DataSplits
+    train_loader: DataLoader  # shuffled and augmented
+    eval_loaders: dict[str, DataLoader]  # one per split, unshuffled and unaugmented
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    criterion: nn.Module
+    state: TrainState  # restored from the checkpoint when resuming
+    reporter: Reporter
+    summary: RunSummary
+    weights_meta: dict  # what every exported weights file carries
+
+
+def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
+    cfg, rundir = plan.cfg, plan.run
+    set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
+    with accelerator.main_process_first():  # materialise built-in data once
+        root = data_root(cfg.data)
+    splits = DataSplits.load(rundir.splits, root) if plan.resume_from else discover_splits(cfg.data, root)
+    train_loader, eval_loaders = build_loaders(cfg, splits)
+    model = build_model(cfg.model, len(splits.classes))
+    optimizer = build_optimizer(cfg.optim, model)
+    criterion = build_criterion(cfg.loss, splits.class_counts("train")).to(accelerator.device)
+
+    _prepare_run_dir(accelerator, rundir, cfg, splits, fresh=plan.resume_from is None)
+    env = environment(accelerator)
+    logger.info(f"run {rundir.root}  ({env['distributed_type']}, {env['num_processes']} process(es), "
+                f"device {env['device']}, mixed precision {env['mixed_precision']})")
+    logger.info(f"data {root}: {len(splits.classes)} classes, "
+                + ", ".join(f"{split} {len(samples)}" for split, samples in splits.splits.items()))
+
+    # Loaders first: the schedule is defined in optimizer updates, which depend on the per-process loader length.
+    train_loader, *prepared_eval = accelerator.prepare(train_loader, *eval_loaders.values())
+    eval_loaders = dict(zip(eval_loaders, prepared_eval))
+    updates_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum_steps)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs, updates_per_epoch)
+    # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    match_buffers_to_params(model)
+    state = _restore(accelerator, cfg, plan.resume_from)
+
+    main = accelerator.is_main_process
+    reporter = Reporter(rundir, main, cfg.log.tensorboard, purge_step=state.global_step + 1 if plan.resume_from else None)
+    facts = {
+        "run": rundir.name, "run_dir": str(rundir.root), "started_at": state.started_at,
+        "resumed_from": str(plan.resume_from) if plan.resume_from else None, **env,
+        "num_parameters": num_parameters(accelerator.unwrap_model(model)), "num_classes": len(splits.classes),
+        "images": {split: len(samples) for split, samples in splits.splits.items()},
+    }
+    return Run(
+        accelerator, cfg, rundir, splits, train_loader, eval_loaders, model, optimizer, scheduler, criterion, state,
+        reporter, summary=RunSummary(rundir, main, state, cfg.train.epochs, cfg.checkpoint.monitor, facts),
+        weights_meta=weights_metadata(cfg, splits.classes, rundir.name, accelerator.mixed_precision),
+    )
+
+
+def build_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """The shuffled, augmented train loader, and one unshuffled, unaugmented loader per split."""
+    train_set = ImageListDataset(splits.root, splits.splits["train"], build_transform(cfg.data, train=True),
+                                 augment_seed=cfg.train.seed)
+    train_loader = build_loader(train_set, cfg.train.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
+                                seed=cfg.train.seed)
+    transform = build_transform(cfg.data, train=False)
+    batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
+    eval_loaders = {
+        split: build_loader(ImageListDataset(splits.root, samples, transform), batch_size, shuffle=False,
+                            num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+        for split, samples in splits.splits.items()
+    }
+    return train_loader, eval_loaders
+
+
+def _prepare_run_dir(accelerator: Accelerator, rundir: RunDir, cfg: Config, splits: DataSplits, fresh: bool) -> None:
+    """A fresh run starts from an empty folder; either way the config and split lists are (re)written, what a
+    killed save left is removed and the log goes to train.log too."""
+    if accelerator.is_main_process:
+        if fresh:
+            shutil.rmtree(rundir.root, ignore_errors=True)
+        rundir.root.mkdir(parents=True, exist_ok=True)
+        cfg.save(rundir.config)
+        splits.save(rundir.splits)
+    accelerator.wait_for_everyone()
+    clean_temporary(accelerator, rundir)
+    log_to_file(accelerator, rundir.log_file)
+
+
+def _restore(accelerator: Accelerator, cfg: Config, resume_from: Path | None) -> TrainState:
+    """The train state, registered for checkpointing; loaded with everything else when resuming."""
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume_from:
+        accelerator.load_state(str(resume_from))
+        logger.info(f"resumed from {resume_from}: epoch {state.epoch}, batch {state.batch_in_epoch}, "
+                    f"step {state.global_step}")
+    moved = state.move_to(accelerator.num_processes)
+    if moved:
+        logger.warning(moved)
+    state.config = cfg.to_dict()
+    state.started_at = state.started_at or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return state

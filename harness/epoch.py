@@ -1,0 +1,82 @@
+"""What one epoch produces: the training pass's sums (``EpochMeter``) and the epoch's record.
+
+The sums stay on the device and are reduced across processes only when a log line, a checkpoint or the
+end of the epoch needs them, so a step costs no host synchronisation for metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+
+from harness.metrics import Predictions
+
+# checkpoint.monitor -> whether a higher value is better
+HIGHER_IS_BETTER = {"val_acc": True, "val_loss": False}
+
+
+@dataclass
+class TrainedEpoch:
+    """The training pass of one epoch, over all processes."""
+
+    loss: float
+    accuracy: float
+    images: int  # trained in this session (a resumed epoch counts only its rest)
+    seconds: float
+
+
+class EpochMeter:
+    """Sums of the training pass, ``[loss * n, correct, n]``, and a window of ``[loss, batches]`` since the
+    last log line. A batch whose loss is not finite counts nowhere.
+
+    ``carried`` are the sums of every process up to a mid-epoch checkpoint: the main process starts from
+    them and the others from zero, so one reduction still gives the whole epoch's figures."""
+
+    def __init__(self, accelerator: Accelerator, carried: list[float]) -> None:
+        self.accelerator = accelerator
+        start = carried if carried and accelerator.is_main_process else [0.0, 0.0, 0.0]
+        self.sums = torch.tensor(start, device=accelerator.device, dtype=torch.float64)
+        self.window = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+        self.carried_images = int(carried[2]) if carried else 0  # trained before this session
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, finite: torch.Tensor) -> None:
+        n, one = float(len(labels)), torch.ones((), device=self.sums.device, dtype=torch.float64)
+        correct = (logits.argmax(1) == labels).sum().double()
+        self.sums += torch.where(finite, torch.stack([loss.double() * n, correct, one * n]), 0.0)
+        self.window += torch.where(finite, torch.stack([loss.double(), one]), 0.0)
+
+    def totals(self) -> list[float]:
+        """Every process's sums added up: what a mid-epoch checkpoint stores. A collective."""
+        return self.accelerator.reduce(self.sums, reduction="sum").tolist()
+
+    def window_loss(self) -> float:
+        """The mean loss over every process since the last call, which starts a new window. A collective."""
+        total = self.accelerator.reduce(self.window, reduction="sum")
+        self.window.zero_()
+        return (total[0] / total[1]).item()
+
+    def result(self, seconds: float) -> TrainedEpoch:
+        """The epoch's figures. A collective."""
+        loss_sum, correct, count = self.totals()
+        return TrainedEpoch(loss_sum / count, correct / count, int(count - self.carried_images), seconds)
+
+
+def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, lr: float, monitor: str,
+                 best: float | None) -> tuple[dict, bool]:
+    """The history row of ``epoch`` (0-based) and whether its ``monitor`` value beats ``best``; a tie keeps the
+    earlier epoch. Pure: nothing is read or written."""
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": trained.loss,
+        "train_acc": trained.accuracy,
+        "val_loss": val.loss(),
+        "val_acc": val.accuracy(),
+        "lr": lr,
+        "epoch_seconds": trained.seconds,
+        "images_per_second": trained.images / max(trained.seconds, 1e-9),
+    }
+    value = record[monitor]
+    improved = best is None or (value > best if HIGHER_IS_BETTER[monitor] else value < best)
+    return record, improved

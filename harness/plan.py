@@ -1,0 +1,94 @@
+"""What a train command asks for: a new run, the continuation of which checkpoint, or a refusal.
+
+Decided from the command line and the files on disk alone, before anything is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.checkpoint import latest_checkpoint, read_marker, read_pointer, verify
+from harness.config import Config, load_config, run_name_for
+from harness.errors import CheckpointError
+from harness.rundir import RunDir
+
+START_OVER_HINT = "--run-name NAME starts another run, --force starts over in it (deleting it)"
+
+
+@dataclass
+class RunPlan:
+    cfg: Config
+    run: RunDir
+    resume_from: Path | None  # the checkpoint to continue from; None: start from the beginning
+
+    def finished(self) -> bool:
+        """The run completed (final evaluation included) and the checkpoint to resume is at its last epoch."""
+        if self.resume_from is None:
+            return False
+        try:
+            status = json.loads(self.run.summary_json.read_text()).get("status")
+            epoch = read_marker(self.resume_from)["epoch"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return status == "completed" and epoch >= self.cfg.train.epochs
+
+
+def resolve_run(args: argparse.Namespace) -> RunPlan:
+    """Decide what this command does: continue which checkpoint of which run, or start which run afresh."""
+    if args.resume not in ("auto", "never"):
+        run, checkpoint = resolve_checkpoint(Path(args.resume))
+        return RunPlan(load_config(args.config or run.config, args.overrides), run, checkpoint)
+    if not args.config:
+        raise CheckpointError("--config is required to start a run (or --resume RUN_DIR to continue one)")
+    cfg = load_config(args.config, args.overrides)
+    cfg.data.make_paths_absolute()  # so that inference and resumes work from any directory
+    run = RunDir(Path(args.output_dir) / (args.run_name or run_name_for(cfg, args.overrides)))
+    if args.force or not run.root.exists():
+        return RunPlan(cfg, run, None)
+    if not run.config.is_file():
+        raise CheckpointError(f"{run.root} exists and is not a run directory: choose another --run-name or --output-dir")
+    if args.resume == "never":
+        raise CheckpointError(f"{run.root} already holds a run (--resume never): {START_OVER_HINT}")
+    changed = first_difference(load_config(run.config).to_dict(), cfg.to_dict())
+    if changed:
+        raise CheckpointError(f"{run.root} holds a run with another config ({changed}): --resume {run.root} "
+                              f"continues it with its own config, {START_OVER_HINT}")
+    return RunPlan(cfg, run, latest_checkpoint(run))  # None: it never got to a checkpoint; start over
+
+
+def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:
+    """An explicit --resume: a run directory (its latest complete checkpoint), a checkpoint folder, or one of
+    the pointer files ``latest``/``best``. A broken checkpoint is an error naming it."""
+    if path.is_file() and path.parent.name == "checkpoints":  # checkpoints/latest or checkpoints/best
+        name = read_pointer(path)
+        if name is None:
+            raise CheckpointError(f"--resume {path}: does not name a checkpoint")
+        path = path.parent / name
+    if (path / "config.yaml").is_file():
+        run = RunDir(path)
+        found = latest_checkpoint(run)
+        if found is None:
+            raise CheckpointError(f"--resume {path}: no complete checkpoint in {run.checkpoints}")
+        return run, found
+    if path.parent.name == "checkpoints" and path.is_dir():
+        problem = verify(path)
+        if problem:
+            raise CheckpointError(f"--resume {path}: not a complete checkpoint: {problem}")
+        return RunDir(path.parent.parent), path
+    raise CheckpointError(f"--resume {path}: neither a run directory (with config.yaml) nor a checkpoint folder")
+
+
+def first_difference(saved: dict, new: dict, prefix: str = "") -> str | None:
+    """The first key (dotted, in sorted order) whose value differs between two nested dicts, shown both ways."""
+    for key in sorted(set(saved) | set(new)):
+        old_value, new_value = saved.get(key), new.get(key)
+        if isinstance(old_value, dict) and isinstance(new_value, dict):
+            found = first_difference(old_value, new_value, f"{prefix}{key}.")
+            if found:
+                return found
+        elif old_value != new_value:
+            return f"{prefix}{key}: {old_value!r} there, {new_value!r} here"
+    return None

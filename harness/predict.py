@@ -1,0 +1,106 @@
+"""Predictions from a finished run (what ``infer.py`` runs): its config, its exported weights, its own split
+lists or any images -> per-sample CSV, report, confusion matrix, metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from harness.accel import build_accelerator, setup_logging
+from harness.atomic import write_atomic
+from harness.builtin import data_root
+from harness.config import Config, ModelConfig, load_config
+from harness.data import IMG_EXTENSIONS, DataSplits, ImageListDataset, Samples, build_loader, build_transform
+from harness.errors import CheckpointError, DataError
+from harness.evaluation import evaluate
+from harness.metrics import Predictions
+from harness.models import build_model
+from harness.reporting import write_split_outputs
+from harness.rundir import RunDir
+from harness.weights import load_weights
+
+logger = logging.getLogger(__name__)
+
+
+def predict(args: argparse.Namespace) -> int:
+    run = RunDir(Path(args.run))
+    if not run.config.is_file():
+        raise CheckpointError(f"--run {run.root}: not a run directory (no config.yaml)")
+    cfg = load_config(run.config)
+    model, meta = _trained_model(run.weights_file(args.checkpoint))
+    # Default: the precision the run trained in (from its run config or its launch config).
+    precision = args.mixed_precision or cfg.train.mixed_precision or meta.get("mixed_precision")
+    accelerator = build_accelerator(precision, seed=cfg.train.seed)
+    setup_logging(accelerator)
+
+    samples, root, name = _samples(args, run, cfg)
+    dataset = ImageListDataset(root, samples, build_transform(cfg.data, train=False))
+    batch_size = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
+    loader = build_loader(dataset, batch_size, shuffle=False, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+    model, loader = accelerator.prepare(model, loader)
+    preds = evaluate(accelerator, model, loader)
+    if accelerator.is_main_process:
+        out = Path(args.out) if args.out else run.inference(name)
+        facts = {"run": str(run.root), "split": name, "checkpoint": args.checkpoint, "epoch": meta.get("epoch"),
+                 "images": len(preds), "mixed_precision": accelerator.mixed_precision,
+                 "num_processes": accelerator.num_processes}
+        _write_outputs(preds, meta["classes"], [path for path, _ in samples], out, facts)
+    return 0
+
+
+def _trained_model(weights: Path) -> tuple[torch.nn.Module, dict]:
+    """The model a weights file was exported from, with those weights, and the file's metadata."""
+    state_dict, meta = load_weights(weights)
+    model = build_model(ModelConfig(name=meta["model"], kwargs=meta.get("model_kwargs", {})), len(meta["classes"]))
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: does not fit {meta['model']} "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model, meta
+
+
+def _samples(args: argparse.Namespace, run: RunDir, cfg: Config) -> tuple[Samples, Path, str]:
+    """What to predict: the given images (unlabeled) or one of the run's own splits; their root and name."""
+    if args.images:
+        return [(str(path), -1) for path in _image_files(args.images)], Path("/"), "images"
+    splits = DataSplits.load(run.splits, data_root(cfg.data))
+    if args.split not in splits.splits:
+        raise DataError(f"--split {args.split}: this run has the splits {', '.join(splits.splits)}")
+    return splits.splits[args.split], splits.root, args.split
+
+
+def _write_outputs(preds: Predictions, classes: list[str], paths: list[str], out: Path, facts: dict) -> None:
+    """predictions.csv, and for labeled images the report, the confusion matrix and the accuracy in metrics.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = facts["split"]
+    write_split_outputs(
+        preds, classes, paths, report=out / "classification_report.txt", matrix_png=out / "confusion_matrix.png",
+        csv_path=out / "predictions.csv",
+        title=f"{Path(facts['run']).name} - {name} ({facts['checkpoint']}, epoch {facts['epoch']})",
+    )
+    metrics = dict(facts)
+    if preds.labeled:
+        metrics.update(accuracy=preds.accuracy(), loss=preds.loss())
+        correct = int((preds.predicted == preds.labels).sum())
+        print(f"{name}: accuracy {preds.accuracy():.4f} ({correct}/{len(preds)})\n\n{preds.report(classes)}")
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    logger.info(f"{len(preds)} predictions written to {out / 'predictions.csv'}")
+
+
+def _image_files(items: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser().resolve()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"--images {item}: no such file or folder")
+    if not files:
+        raise DataError(f"--images {' '.join(items)}: no image files found ({', '.join(IMG_EXTENSIONS)})")
+    return files

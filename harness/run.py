@@ -1,0 +1,74 @@
+"""A training command from start to end: plan -> build -> ``Trainer.fit`` -> ``Trainer.test``.
+
+This is the one place that sets a run's status in summary.json: ``running`` while it trains, then
+``completed``, ``interrupted`` (a stop signal or ``--stop-after-epochs``, after a checkpoint) or ``failed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+from harness.accel import build_accelerator, setup_logging
+from harness.build import Run, build_run
+from harness.errors import UserError, user_message
+from harness.plan import resolve_run
+from harness.signals import TrainingInterrupted
+from harness.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+def train(args: argparse.Namespace) -> int:
+    """Run the training command; returns the process exit code."""
+    setup_logging()
+    plan = resolve_run(args)
+    cfg = plan.cfg
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.seed,
+                                    cfg.train.clip_grad_norm, cfg.train.batch_size)
+    setup_logging(accelerator)
+    cfg.train.check_engine(deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
+    if plan.finished():
+        logger.info(f"{plan.run.root} already completed its {cfg.train.epochs} epochs: nothing to do "
+                    f"(--resume {plan.run.root} train.epochs=N trains longer, --force starts over)")
+        return 0
+    return execute(build_run(plan, accelerator), args.stop_after_epochs)
+
+
+def execute(run: Run, stop_after_epochs: int | None = None) -> int:
+    """Train and test a built run, keeping its status; returns the exit code."""
+    trainer = Trainer(run)
+    run.summary.write(status="running")
+    try:
+        trainer.fit(stop_after_epochs)
+        results = trainer.test()
+    except TrainingInterrupted as stop:
+        run.summary.write(status="interrupted", reason=str(stop))
+        logger.warning(f"{stop}; continue with --resume {run.rundir.root}")
+        _leave_together(run.accelerator)
+        return stop.exit_code
+    except KeyboardInterrupt:  # during the final evaluation, after the last checkpoint: resuming redoes it
+        run.summary.write(status="interrupted", reason="KeyboardInterrupt")
+        raise
+    except BaseException as error:
+        message = user_message(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+        run.summary.write(status="failed", error=message)
+        raise
+    finally:
+        run.reporter.close()
+    run.summary.write(status="completed", **results)
+    logger.info(f"done: best {run.cfg.checkpoint.monitor} {run.state.best_metric:.4f} (epoch {run.state.best_epoch}), "
+                + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith("_acc"))
+                + f"; outputs in {run.rundir.root}")
+    _leave_together(run.accelerator)
+    return 0
+
+
+def _leave_together(accelerator: Accelerator) -> None:
+    """Every process waits for the others, then the process group is torn down: a process that exits while
+    another still writes reports can take the job down with it (DeepSpeed's shared-memory transport aborts)."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()

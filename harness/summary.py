@@ -1,0 +1,77 @@
+"""``summary.json`` and ``summary.txt``: what a person or a script reads first about a run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.atomic import write_atomic
+from harness.rundir import RunDir
+from harness.state import TrainState
+
+
+class RunSummary:
+    """The one owner of the summary files, written by the main process only.
+
+    It keeps the run's facts (set once, when the run is built), reads the progress from the ``TrainState``
+    at every write, so callers never pass it, and takes the ``status`` from ``harness.run``, the one place
+    that sets it."""
+
+    def __init__(self, run: RunDir, enabled: bool, state: TrainState, epochs: int, monitor: str, facts: dict) -> None:
+        self.run, self.enabled, self.state = run, enabled, state
+        self.epochs, self.monitor = epochs, monitor
+        self.fields: dict[str, Any] = {"status": None, **facts}
+        self.session_started = time.perf_counter()
+
+    def write(self, **fields: Any) -> None:
+        """Add ``fields`` (the status, the last epoch's record, final results), refresh the progress, write."""
+        self.fields.update(fields)
+        self.fields.update(self.progress())
+        self.fields["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if self.enabled:
+            write_atomic(self.run.summary_json, json.dumps(self.fields, indent=2, default=_plain) + "\n")
+            write_atomic(self.run.summary_txt, summary_text(self.fields))
+
+    def progress(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "epoch": state.epoch,
+            "epochs": self.epochs,
+            "global_step": state.global_step,
+            f"best_{self.monitor}": state.best_metric,
+            "best_epoch": state.best_epoch,
+            "best_checkpoint": state.best_checkpoint,
+            "skipped_steps": state.skipped_steps,
+            "train_seconds": round(state.train_seconds, 3),
+            "session_seconds": round(time.perf_counter() - self.session_started, 3),
+            "images_per_second": state.history[-1]["images_per_second"] if state.history else None,
+        }
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """One ``key  value`` line per field; nested mappings on one line as ``k=v, ...``."""
+    width = max(len(k) for k in summary)
+    lines = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+        lines.append(f"{key.ljust(width)}  {_fmt(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "-" if value is None else str(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,273 @@
+"""The Trainer: the epoch loop of a built run (``harness.build.Run``) around its one Accelerator.
+
+Nothing here branches on device, precision or distribution: ``accelerator.prepare``/``accumulate``/
+``autocast``/``backward``/``clip_grad_norm_``/``gather_for_metrics`` carry those differences.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import time
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.build import Run
+from harness.checkpoint import checkpoint_name, latest_name, restore_best, save_checkpoint
+from harness.epoch import EpochMeter, TrainedEpoch, epoch_record
+from harness.errors import TrainingDiverged
+from harness.evaluation import evaluate, input_dtype
+from harness.metrics import Predictions
+from harness.probes import LoopProbes
+from harness.reporting import plot_curves, write_split_outputs
+from harness.signals import StopRequest, TrainingInterrupted
+from harness.weights import copy_weights, export_weights
+
+logger = logging.getLogger(__name__)
+
+
+class Poll(NamedTuple):
+    """What every process learns at an optimizer update, the same everywhere."""
+
+    stop: bool  # a stop signal reached some process
+    save_due: bool  # a step or time checkpoint is due
+    nonfinite: bool  # some process has a non-finite loss or gradient norm in this update
+
+
+class Trainer:
+    """Trains a built run. ``fit`` runs the epochs: train, validate, record the epoch, checkpoint, export the
+    weights, report. ``test`` evaluates the best weights on every split and writes the reports.
+
+    A stop signal ends the loop at the next optimizer update with a checkpoint and ``TrainingInterrupted``;
+    so does the end of a session's epoch budget (``--stop-after-epochs``), with exit code 0."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.input_dtype = input_dtype(run.model)
+        self.stop = StopRequest()
+        self.probes = LoopProbes(run.accelerator.process_index)
+        self.last_save = time.perf_counter()
+
+    def fit(self, stop_after_epochs: int | None = None) -> None:
+        """Train to ``train.epochs``, or only ``stop_after_epochs`` more."""
+        epochs = self.run.cfg.train.epochs
+        end = epochs if stop_after_epochs is None else min(epochs, self.run.state.epoch + stop_after_epochs)
+        self.stop.install()
+        try:
+            for epoch in range(self.run.state.epoch, end):
+                trained = self._train_epoch(epoch)
+                val = evaluate(self.run.accelerator, self.run.model, self.run.eval_loaders["val"])
+                self._end_epoch(epoch, trained, val)
+                if self.stop.signum is not None:  # arrived during validation or the save: already checkpointed
+                    raise self.stop.interrupted()
+        finally:
+            self.stop.uninstall()
+        if end < epochs:
+            raise TrainingInterrupted(f"stopped after {stop_after_epochs} epoch(s) (--stop-after-epochs)", 0)
+
+    # ------------------------------------------------------------------------------------------------
+    # One training pass
+
+    def _train_epoch(self, epoch: int) -> TrainedEpoch:
+        run, state, accelerator = self.run, self.run.state, self.run.accelerator
+        loader, skip = self._epoch_loader(epoch)
+        batches = len(run.train_loader)
+        meter = EpochMeter(accelerator, state.epoch_sums)
+        bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}", leave=False,
+                   disable=not (accelerator.is_main_process and run.cfg.log.progress and sys.stderr.isatty()))
+        nonfinite = torch.zeros((), device=accelerator.device, dtype=torch.bool)  # in the accumulation window
+        started = time.perf_counter()
+        run.model.train()
+        for batch_index, (images, labels, indices) in enumerate(loader, start=skip):
+            self.probes.trace(epoch, batch_index, indices)
+            with accelerator.accumulate(run.model):
+                loss, logits = self._forward_backward(images, labels)
+                finite = torch.isfinite(loss)
+                nonfinite |= ~finite
+                poll = self._update(nonfinite, epoch, batch_index) if accelerator.sync_gradients else None
+            meter.add(loss, logits, labels, finite)
+            bar.update(1)
+            if poll is None:  # inside an accumulation window
+                continue
+            nonfinite.zero_()
+            state.global_step += 1
+            state.batch_in_epoch = batch_index + 1
+            if state.global_step % run.cfg.log.every_n_steps == 0:
+                self._log_step(meter, bar)
+            if poll.stop:
+                bar.close()
+                self._save_and_stop(meter, time.perf_counter() - started)
+            if poll.save_due and batch_index + 1 < batches:  # the epoch's end saves anyway
+                self._save(meter)
+        bar.close()
+        seconds = time.perf_counter() - started
+        state.train_seconds += seconds
+        return meter.result(seconds)
+
+    def _epoch_loader(self, epoch: int):
+        """The train loader set to ``epoch``, past the batches a mid-epoch checkpoint already trained."""
+        loader, skip = self.run.train_loader, self.run.state.batch_in_epoch
+        loader.set_epoch(epoch)  # the sampler's shuffle
+        # ...and the augmentations: accelerate does not pass the epoch on to the dataset when it shards batches
+        # over several processes (its DataLoaderShard.set_epoch reaches the dataset only in an `elif`).
+        loader.dataset.set_epoch(epoch)
+        if not skip:
+            return loader, 0
+        logger.info(f"resuming epoch {epoch + 1} at batch {skip + 1}/{len(loader)}")
+        return self.run.accelerator.skip_first_batches(loader, skip), skip
+
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss (detached) and logits, after its backward pass."""
+        run = self.run
+        with run.accelerator.autocast():
+            logits = run.model(images.to(self.input_dtype))
+            loss = run.criterion(logits.float(), labels)
+        loss = self.probes.fault(loss, run.state.global_step + 1)
+        run.accelerator.backward(loss)
+        return loss.detach(), logits
+
+    def _update(self, nonfinite: torch.Tensor, epoch: int, batch_index: int) -> Poll:
+        """The optimizer update at the end of an accumulation window: clip, poll, step or skip, schedule."""
+        run, clip = self.run, self.run.cfg.train.clip_grad_norm
+        if clip is not None:
+            norm = run.accelerator.clip_grad_norm_(run.model.parameters(), clip)
+            if run.accelerator.scaler is None and norm is not None:  # fp16's scaler skips overflowing steps itself
+                nonfinite = nonfinite | ~torch.isfinite(torch.as_tensor(norm, device=run.accelerator.device))
+        poll = self._poll(nonfinite)
+        if poll.nonfinite:
+            self._skip_nonfinite(epoch, batch_index)
+        else:
+            run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        return poll
+
+    def _poll(self, nonfinite: torch.Tensor) -> Poll:
+        """Once per optimizer update, one small collective, so that every process decides alike."""
+        accelerator, every = self.run.accelerator, self.run.cfg.checkpoint
+        minutes_due = (every.every_n_minutes is not None
+                       and time.perf_counter() - self.last_save >= 60 * every.every_n_minutes)
+        flags = torch.stack([
+            torch.tensor(float(self.stop.signum is not None), device=accelerator.device),
+            torch.tensor(float(minutes_due and accelerator.is_main_process), device=accelerator.device),
+            nonfinite.float(),
+        ])
+        stop, minutes, bad = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
+        steps_due = every.every_n_steps is not None and (self.run.state.global_step + 1) % every.every_n_steps == 0
+        return Poll(stop, steps_due or minutes, bad)
+
+    def _skip_nonfinite(self, epoch: int, batch_index: int) -> None:
+        state, allowed = self.run.state, self.run.cfg.train.skip_nonfinite_steps
+        where = f"epoch {epoch + 1}, step {state.global_step + 1} (batch {batch_index + 1})"
+        if state.skipped_steps >= allowed:
+            raise TrainingDiverged(
+                f"non-finite loss or gradients at {where}"
+                + (f" after skipping {allowed} such update(s)" if allowed else "")
+                + f"; nothing of it was saved, the last checkpoint ({self._latest_name()}) is intact: lower optim.lr, "
+                "set train.clip_grad_norm, or allow train.skip_nonfinite_steps"
+            )
+        state.skipped_steps += 1
+        logger.warning(f"skipping the update at {where}: non-finite loss or gradients "
+                       f"({state.skipped_steps}/{allowed} allowed)")
+
+    def _log_step(self, meter: EpochMeter, bar) -> None:
+        loss = meter.window_loss()
+        self.run.reporter.scalars({"train/loss": loss, "train/lr": self.run.scheduler.get_last_lr()[0]},
+                                  self.run.state.global_step)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    # ------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def _save(self, meter: EpochMeter | None = None) -> None:
+        """Checkpoint now; inside an epoch (``meter``), with the epoch's sums so far. Every process calls it."""
+        if meter is not None:
+            self.run.state.epoch_sums = meter.totals()
+        save_checkpoint(self.run.accelerator, self.run.rundir, self.run.state, self.run.cfg.checkpoint.keep_last)
+        self.last_save = time.perf_counter()
+
+    def _save_and_stop(self, meter: EpochMeter, seconds: float) -> None:
+        """A stop was requested: checkpoint in the middle of the epoch, then end the session."""
+        state = self.run.state
+        state.train_seconds += seconds
+        logger.warning(f"stop requested ({self.stop.name or 'by another process'}): saving a checkpoint at epoch "
+                       f"{state.epoch + 1}, batch {state.batch_in_epoch}")
+        self._save(meter)
+        if self.stop.signum is None:  # another process got the signal; exit the same way
+            self.stop.signum = signal.SIGTERM
+        raise self.stop.interrupted()
+
+    def _latest_name(self) -> str:
+        return latest_name(self.run.rundir) or "none yet"
+
+    # ------------------------------------------------------------------------------------------------
+    # The end of an epoch, and the end of the run
+
+    def _end_epoch(self, epoch: int, trained: TrainedEpoch, val: Predictions) -> None:
+        run, state, monitor = self.run, self.run.state, self.run.cfg.checkpoint.monitor
+        record, improved = epoch_record(epoch, trained, val, run.scheduler.get_last_lr()[0], monitor, state.best_metric)
+        if not math.isfinite(record["val_loss"]):
+            raise TrainingDiverged(f"non-finite validation loss after epoch {epoch + 1}; nothing of it was saved, the "
+                                   f"last checkpoint ({self._latest_name()}) is intact: lower optim.lr or set "
+                                   "train.clip_grad_norm")
+        state.history.append(record)
+        state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, []
+        if improved:
+            state.best_metric, state.best_epoch = record[monitor], epoch + 1
+            state.best_checkpoint = checkpoint_name(state.global_step)
+        self._save()
+        export_weights(run.accelerator, run.model, run.rundir, "last", self._weights_meta(record))
+        if improved and run.accelerator.is_main_process:
+            copy_weights(run.rundir, "last", "best")
+        self._report_epoch(record, improved)
+
+    def _report_epoch(self, record: dict, improved: bool) -> None:
+        run = self.run
+        # Every scalar is on the optimizer-update axis, so a resume can purge what followed its checkpoint.
+        run.reporter.scalars({f"epoch/{key}": value for key, value in record.items()}, run.state.global_step)
+        run.reporter.write_history(run.state.history)
+        run.summary.write(last=record)
+        run.reporter.flush()
+        logger.info(
+            f"epoch {record['epoch']}/{run.cfg.train.epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_acc']:.4f}  val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
+            f"lr {record['lr']:.3g}  {record['images_per_second']:.0f} img/s{'  *best*' if improved else ''}"
+        )
+
+    def _weights_meta(self, record: dict) -> dict:
+        return {**self.run.weights_meta, "epoch": record["epoch"], "val_acc": record["val_acc"],
+                "val_loss": record["val_loss"]}
+
+    def test(self) -> dict[str, float]:
+        """Load the best checkpoint; evaluate each split; write reports, predictions, curves and figures."""
+        run, state = self.run, self.run.state
+        restore_best(run.accelerator, run.rundir, state)
+        # Written again from the loaded model, so it matches the best checkpoint whatever stopped in between.
+        export_weights(run.accelerator, run.model, run.rundir, "best",
+                       self._weights_meta(state.history[state.best_epoch - 1]))
+        logger.info(f"evaluating the best weights (epoch {state.best_epoch}, {state.best_checkpoint})")
+        results = {}
+        for split, loader in run.eval_loaders.items():
+            preds = evaluate(run.accelerator, run.model, loader)
+            results[f"{split}_acc"], results[f"{split}_loss"] = preds.accuracy(), preds.loss()
+            logger.info(f"{split}: accuracy {preds.accuracy():.4f} loss {preds.loss():.4f} ({len(preds)} images)")
+            if run.accelerator.is_main_process:
+                self._write_split(split, preds)
+        if run.accelerator.is_main_process:
+            plot_curves(state.history, run.rundir.reports / "curves.png")
+        return results
+
+    def _write_split(self, split: str, preds: Predictions) -> None:
+        run = self.run
+        figure = write_split_outputs(
+            preds, run.splits.classes, [path for path, _ in run.splits.splits[split]],
+            report=run.rundir.reports / f"classification_report_{split}.txt",
+            matrix_png=run.rundir.reports / f"confusion_matrix_{split}.png",
+            csv_path=run.rundir.predictions / f"{split}.csv",
+            title=f"{run.rundir.name} - {split} (best, epoch {run.state.best_epoch})",
+        )
+        run.reporter.figure(f"confusion_matrix/{split}", figure, run.state.global_step)
