@@ -1,6 +1,9 @@
 """The project's promises about itself: the README's commands are the ones CI runs, launch configs load."""
 
+import ast
 import re
+import subprocess
+import sys
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
@@ -22,3 +25,22 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_launch_configs_load_with_accelerate(path):
     config = load_config_from_file(str(path))
     assert config.num_processes >= 1
+
+
+def test_inference_imports_nothing_of_training():
+    script = ("import sys; import harness.predict; "
+              "print(' '.join(sorted(m for m in sys.modules if m.startswith('harness.'))))")
+    loaded = set(subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.split())
+    assert "harness.evaluation" in loaded
+    assert not loaded & {"harness.run", "harness.plan", "harness.build", "harness.trainer", "harness.epoch",
+                         "harness.checkpoint", "harness.state", "harness.summary"}
+
+
+def test_modules_and_functions_stay_small_enough_to_read_at_once():
+    for path in sorted((REPO / "harness").glob("*.py")):
+        source = path.read_text()
+        assert len(source.splitlines()) <= 300, f"{path.name}: split it by job"
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 50, f"{path.name}: {node.name} is too long"

@@ -1,0 +1,74 @@
+"""The epoch's sums and record: what the loop reports and what decides "best"."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from harness.epoch import EpochMeter, TrainedEpoch, epoch_record
+from harness.metrics import Predictions
+
+
+def one_process(main: bool = True, others: list[torch.Tensor] = ()):
+    """A stand-in for the Accelerator: ``reduce`` adds the sums ``others`` hold to this process's."""
+    return SimpleNamespace(device=torch.device("cpu"), is_main_process=main,
+                           reduce=lambda tensor, reduction: tensor + sum(others, torch.zeros_like(tensor)))
+
+
+def batch(loss: float, predicted: list[int], labels: list[int]):
+    logits = torch.nn.functional.one_hot(torch.tensor(predicted), 3).float()
+    loss = torch.tensor(loss)
+    return loss, logits, torch.tensor(labels), torch.isfinite(loss)
+
+
+def test_meter_sums_loss_accuracy_and_images_and_skips_nonfinite_batches():
+    meter = EpochMeter(one_process(), carried=[])
+    meter.add(*batch(2.0, [0, 1, 2, 2], [0, 1, 1, 1]))  # 2 of 4 right
+    meter.add(*batch(float("nan"), [0, 0], [0, 0]))  # not counted anywhere
+    meter.add(*batch(1.0, [1, 1], [1, 0]))  # 1 of 2 right
+    assert meter.totals() == [2.0 * 4 + 1.0 * 2, 3.0, 6.0]
+    assert meter.window_loss() == pytest.approx(1.5)  # the mean of the batch losses since the last log
+    meter.add(*batch(4.0, [0], [0]))
+    assert meter.window_loss() == pytest.approx(4.0)  # a new window after each log line
+    assert meter.result(seconds=2.0) == TrainedEpoch(loss=14.0 / 7, accuracy=4 / 7, images=7, seconds=2.0)
+
+
+def test_a_resumed_epoch_carries_the_sums_of_every_process_once():
+    carried = [30.0, 6.0, 10.0]  # all processes' sums up to the mid-epoch checkpoint
+    other = EpochMeter(one_process(main=False), carried)  # only the main process starts from them
+    assert other.sums.tolist() == [0.0, 0.0, 0.0]
+    other.add(*batch(1.0, [0, 0], [0, 0]))
+    main = EpochMeter(one_process(others=[other.sums]), carried)
+    main.add(*batch(3.0, [1, 1], [1, 2]))
+    assert main.totals() == [30.0 + 2.0 + 6.0, 6.0 + 2 + 1, 10.0 + 4]
+    assert main.result(seconds=1.0).images == 4  # trained in this session only
+
+
+def predictions(losses: list[float], right: list[bool]) -> Predictions:
+    n = len(losses)
+    labels = np.zeros(n, dtype=np.int64)
+    predicted = np.where(right, 0, 1)
+    return Predictions(np.arange(n), labels, predicted[:, None], np.ones((n, 1)), np.array(losses))
+
+
+TRAINED = TrainedEpoch(loss=0.9, accuracy=0.6, images=100, seconds=4.0)
+
+
+def test_the_record_holds_every_history_column():
+    record, improved = epoch_record(2, TRAINED, predictions([0.5, 1.5], [True, False]), 0.01, "val_acc", None)
+    assert record == {"epoch": 3, "train_loss": 0.9, "train_acc": 0.6, "val_loss": 1.0, "val_acc": 0.5,
+                      "lr": 0.01, "epoch_seconds": 4.0, "images_per_second": 25.0}
+    assert improved  # the first epoch is the best so far
+
+
+@pytest.mark.parametrize("monitor, best, val, improved", [
+    ("val_acc", 0.5, ([1.0, 1.0], [True, True]), True),  # higher accuracy
+    ("val_acc", 0.5, ([0.1, 0.1], [True, False]), False),  # a tie keeps the earlier epoch, whatever the loss
+    ("val_acc", 0.5, ([0.1, 0.1], [False, False]), False),
+    ("val_loss", 0.5, ([0.2, 0.4], [False, False]), True),  # lower loss, whatever the accuracy
+    ("val_loss", 0.5, ([0.5, 0.5], [True, True]), False),  # a tie
+    ("val_loss", 0.5, ([0.9, 0.9], [True, True]), False),  # higher loss
+])
+def test_improvement_follows_the_direction_of_the_monitored_metric(monitor, best, val, improved):
+    assert epoch_record(0, TRAINED, predictions(*val), 0.01, monitor, best)[1] is improved

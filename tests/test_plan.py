@@ -1,0 +1,95 @@
+"""What a train command decides before anything is built: a new run, which checkpoint to continue, or a refusal."""
+
+import json
+
+import pytest
+import yaml
+
+from harness.config import load_config
+from harness.errors import CheckpointError
+from harness.plan import first_difference, resolve_run
+from harness.rundir import RunDir
+from harness.train import parse_args
+
+from conftest import DIGITS, fake_checkpoint
+
+
+def plan(*argv):
+    return resolve_run(parse_args([str(a) for a in argv]))
+
+
+def existing_run(out, overrides=(), steps=(), status="interrupted") -> RunDir:
+    """A run directory as training leaves it: config, checkpoints at ``steps``, a summary."""
+    run = RunDir(out / "digits")
+    run.root.mkdir(parents=True)
+    load_config(DIGITS, list(overrides)).save(run.config)
+    for step in steps:
+        fake_checkpoint(run, step)
+    if steps:
+        (run.checkpoints / "latest").write_text(f"step-{steps[-1]:08d}\n")
+    run.summary_json.write_text(json.dumps({"status": status}))
+    return run
+
+
+def test_a_new_run_starts_from_the_beginning_with_absolute_data_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "folder.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": "images"}}))
+    new = plan("--config", config, "--output-dir", "runs", "optim.lr=0.5")
+    assert new.resume_from is None and new.run.root.resolve() == tmp_path / "runs" / "folder_lr0.5"
+    assert new.cfg.data.root == str(tmp_path / "images") and new.cfg.optim.lr == 0.5
+    assert not new.finished()
+
+
+def test_the_same_command_continues_the_latest_complete_checkpoint(tmp_path):
+    run = existing_run(tmp_path, steps=[20, 40])
+    assert plan("--config", DIGITS, "--output-dir", tmp_path).resume_from == run.checkpoint("step-00000040")
+    (run.checkpoint("step-00000040") / "harness_checkpoint.json").unlink()  # the newest one is broken
+    assert plan("--config", DIGITS, "--output-dir", tmp_path).resume_from == run.checkpoint("step-00000020")
+
+
+def test_a_run_that_never_reached_a_checkpoint_starts_over(tmp_path):
+    existing_run(tmp_path)
+    assert plan("--config", DIGITS, "--output-dir", tmp_path).resume_from is None
+
+
+def test_refusals_name_the_reason_and_the_way_out(tmp_path):
+    run = existing_run(tmp_path, steps=[20])
+    with pytest.raises(CheckpointError, match=r"another config \(optim.lr: 0.003 there, 0.1 here\): --resume"):
+        plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "digits", "optim.lr=0.1")
+    with pytest.raises(CheckpointError, match=r"already holds a run \(--resume never\): --run-name NAME"):
+        plan("--config", DIGITS, "--output-dir", tmp_path, "--resume", "never")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(CheckpointError, match="other exists and is not a run directory"):
+        plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "other")
+    with pytest.raises(CheckpointError, match="--config is required to start a run"):
+        plan("--output-dir", tmp_path)
+    forced = plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "digits", "optim.lr=0.1", "--force")
+    assert forced.resume_from is None and forced.run == run and forced.cfg.optim.lr == 0.1
+
+
+def test_an_explicit_resume_uses_the_runs_own_config_with_overrides(tmp_path):
+    run = existing_run(tmp_path, overrides=["train.epochs=3"], steps=[20, 40])
+    resumed = plan("--resume", run.root, "train.epochs=5")
+    assert resumed.run == run and resumed.resume_from == run.checkpoint("step-00000040")
+    assert resumed.cfg.train.epochs == 5 and resumed.cfg.name == "digits"
+    best = plan("--resume", run.checkpoint("step-00000020"))
+    assert best.resume_from == run.checkpoint("step-00000020") and best.cfg.train.epochs == 3
+
+
+def test_a_completed_run_is_finished_only_at_its_last_epoch(tmp_path):
+    run = existing_run(tmp_path, overrides=["train.epochs=1"], steps=[20], status="completed")
+    marker = run.checkpoint("step-00000020") / "harness_checkpoint.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "epoch": 1}))
+    assert plan("--resume", run.root).finished()
+    assert not plan("--resume", run.root, "train.epochs=2").finished()  # trains longer
+    run.summary_json.write_text(json.dumps({"status": "interrupted"}))  # e.g. killed in the final evaluation
+    assert not plan("--resume", run.root).finished()
+
+
+def test_first_difference_names_the_first_differing_key_in_sorted_order():
+    saved = {"optim": {"lr": 0.1, "momentum": 0.9}, "train": {"epochs": 3}}
+    assert first_difference(saved, saved) is None
+    assert first_difference(saved, {"optim": {"lr": 0.1, "momentum": 0.5}, "train": {"epochs": 4}}) == \
+        "optim.momentum: 0.9 there, 0.5 here"
+    assert first_difference(saved, {**saved, "log": {}}) == "log: None there, {} here"
