@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.checkpoint import read_pointer, verify
+
 from conftest import DIGITS, FAST, PYTHON, REPO, assert_same_weights, summary, train
 
 # 79 updates per epoch, a step checkpoint every 10, two kept; no workers, so SIGKILL leaves no orphans.
@@ -78,6 +80,8 @@ def test_kill_9_then_rerun_gives_the_reference_weights(reference, env, tmp_path,
     assert killed, f"the run finished before the kill point '{point}'"
     if point == "during a checkpoint save":
         assert saving(run), "the kill did not land inside a save"
+    named = read_pointer(run / "checkpoints" / "latest")
+    assert named is None or verify(run / "checkpoints" / named) is None, f"latest names a broken {named}"
     # The same command again continues the run (or starts it over, when no checkpoint was complete yet).
     result = train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "killed", *SETTINGS], env,
                    launcher=PYTHON)

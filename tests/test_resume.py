@@ -1,19 +1,26 @@
 """Exact resume: stopping and continuing gives the same weights, bit for bit, as never stopping (CPU,
-``train.deterministic: true``), and the same data order."""
+``train.deterministic: true``), and the same data order.
 
+The model uses dropout, which draws from the global RNG of each process: a resume that did not restore
+every process's RNG state would train on other dropout masks and end with other weights."""
+
+import json
 import os
 import signal
 import subprocess
 import time
 
 import pytest
+from safetensors import safe_open
 
-from conftest import DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, history_metrics, marker, pointer, summary, train
+from conftest import (DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, history_metrics, marker, pointer, rows,
+                      summary, train)
 
 # Small batches give many steps per epoch, so a signal lands in the middle of one; two workers show that
-# augmentation does not depend on worker processes; a cosine schedule with warmup shows the scheduler resumes.
+# augmentation does not depend on worker processes; a cosine schedule with warmup shows the scheduler resumes;
+# "best" is the lowest validation loss.
 SETTINGS = [*FAST, "train.epochs=4", "train.batch_size=16", "data.num_workers=2", "scheduler.warmup_epochs=1",
-            "train.clip_grad_norm=1.0"]
+            "train.clip_grad_norm=1.0", "model.kwargs.dropout=0.3", "checkpoint.monitor=val_loss"]
 STEPS_PER_EPOCH = 79  # ceil(1259 / 16)
 
 
@@ -51,7 +58,7 @@ def test_two_epochs_then_resume_equals_four_straight(straight, env, tmp_path):
     assert_same_weights(reference / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
     assert_same_weights(reference / "weights" / "best.safetensors", run / "weights" / "best.safetensors")
     assert history_metrics(run) == history_metrics(reference)
-    for key in ("test_acc", "best_val_acc", "best_epoch"):
+    for key in ("test_acc", "best_val_loss", "best_epoch"):
         assert s[key] == summary(reference)[key]
     assert trace(tmp_path / "trace") == reference_trace
 
@@ -105,13 +112,27 @@ def test_resume_of_a_missing_run_is_a_clear_error(env, tmp_path):
     assert result.stderr.strip() == f"error: --resume {tmp_path / 'nope'}: neither a run directory (with config.yaml) nor a checkpoint folder"
 
 
-DDP_SETTINGS = [*FAST, "train.epochs=3", "train.batch_size=8", "train.grad_accum_steps=2", "data.num_workers=0"]
+@pytest.mark.slow
+def test_best_is_the_epoch_with_the_lowest_validation_loss(straight):
+    reference, _ = straight
+    losses = [float(row["val_loss"]) for row in rows(reference / "history.csv")]
+    best_epoch = losses.index(min(losses)) + 1
+    s = summary(reference)
+    assert s["best_epoch"] == best_epoch and s["best_val_loss"] == pytest.approx(min(losses), rel=1e-12)
+    assert pointer(reference, "best").name == f"step-{STEPS_PER_EPOCH * best_epoch:08d}"
+    with safe_open(str(reference / "weights" / "best.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["harness"])["epoch"] == best_epoch
+
+
+DDP_SETTINGS = [*FAST, "train.epochs=3", "train.batch_size=8", "train.grad_accum_steps=2", "data.num_workers=0",
+                "model.kwargs.dropout=0.3"]
 
 
 @pytest.mark.slow
-def test_sigterm_to_every_process_of_a_ddp_run_then_resume_equals_straight(env, tmp_path):
+def test_ddp_stopped_mid_epoch_and_at_an_epoch_end_resumes_exactly(env, tmp_path):
     """As SLURM stops a job: SIGTERM to the launcher and both workers (which torchrun forwards again). Every
-    rank stops at the same update, one checkpoint is saved, and the resumed run matches an uninterrupted one."""
+    rank stops at the same update, one checkpoint is saved; the resumed session stops again at the end of that
+    epoch (--stop-after-epochs), and the last one finishes with the weights of an uninterrupted run."""
     ddp_env = {**env, "ACCELERATE_USE_CPU": "1"}
     train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "straight", *DDP_SETTINGS], ddp_env,
           launcher=DDP)
@@ -134,6 +155,9 @@ def test_sigterm_to_every_process_of_a_ddp_run_then_resume_equals_straight(env, 
     assert saved["epoch"] == 1 and 0 < saved["batch_in_epoch"] < 79 and saved["num_processes"] == 2
     assert "Connection closed by peer" not in output
 
+    again = train(["--resume", run, "--stop-after-epochs", "1"], ddp_env, launcher=DDP)
+    assert "resuming epoch 2 at batch" in again.stdout
+    assert summary(run)["reason"] == "stopped after 1 epoch(s) (--stop-after-epochs)" and summary(run)["epoch"] == 2
     train(["--resume", run], ddp_env, launcher=DDP)
     assert summary(run)["status"] == "completed"
     assert_same_weights(tmp_path / "straight" / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
