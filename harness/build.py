@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from harness.accel import environment, log_to_file
+from harness.accel import environment, log_to_file, size_deepspeed_buckets
 from harness.builtin import data_root
 from harness.checkpoint import clean_temporary
 from harness.config import Config
@@ -82,6 +82,7 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     updates_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum_steps)
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs, updates_per_epoch)
     # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
+    size_deepspeed_buckets(accelerator, model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     match_buffers_to_params(model)
     state = _restore(accelerator, cfg, plan.resume_from)

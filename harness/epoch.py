@@ -42,9 +42,9 @@ class EpochMeter:
         self.carried_images = int(carried[2]) if carried else 0  # trained before this session
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, finite: torch.Tensor) -> None:
-        n, one = float(len(labels)), torch.ones((), device=self.sums.device, dtype=torch.float64)
+        images, one = float(len(labels)), torch.ones((), device=self.sums.device, dtype=torch.float64)
         correct = (logits.argmax(1) == labels).sum().double()
-        self.sums += torch.where(finite, torch.stack([loss.double() * n, correct, one * n]), 0.0)
+        self.sums += torch.where(finite, torch.stack([loss.double() * images, correct, one * images]), 0.0)
         self.window += torch.where(finite, torch.stack([loss.double(), one]), 0.0)
 
     def totals(self) -> list[float]:

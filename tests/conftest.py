@@ -41,11 +41,11 @@ def launch(script: str, args: list[str], env: dict, launcher: list[str] = CPU_LA
     return result
 
 
-def train(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
+def run_train(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
     return launch("train.py", args, env, **kw)
 
 
-def infer(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
+def run_infer(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
     return launch("infer.py", args, env, **kw)
 
 

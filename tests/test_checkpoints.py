@@ -17,7 +17,7 @@ from harness.plan import resolve_checkpoint
 from harness.rundir import RunDir
 from harness.state import TrainState
 
-from conftest import DIGITS, FAST, PYTHON, assert_same_weights, fake_checkpoint, marker, pointer, summary, train
+from conftest import DIGITS, FAST, PYTHON, assert_same_weights, fake_checkpoint, marker, pointer, run_train, summary
 
 # 20 updates per epoch; a step checkpoint every 3 updates, two kept.
 SETTINGS = [*FAST, "train.epochs=2", "checkpoint.every_n_steps=3", "checkpoint.keep_last=2"]
@@ -147,8 +147,8 @@ def test_latest_never_names_an_incomplete_checkpoint_wherever_a_save_stops(tmp_p
 def runs(env, tmp_path_factory):
     """A straight 2-epoch run, and the same run stopped after its first epoch (to be continued)."""
     out = tmp_path_factory.mktemp("ckpt")
-    train(["--config", DIGITS, "--output-dir", out, "--run-name", "straight", *SETTINGS], env)
-    train(["--config", DIGITS, "--output-dir", out, "--run-name", "half", "--stop-after-epochs", "1", *SETTINGS], env)
+    run_train(["--config", DIGITS, "--output-dir", out, "--run-name", "straight", *SETTINGS], env)
+    run_train(["--config", DIGITS, "--output-dir", out, "--run-name", "half", "--stop-after-epochs", "1", *SETTINGS], env)
     return out
 
 
@@ -172,7 +172,7 @@ def test_rotation_keeps_the_two_newest_plus_best_and_each_resumes_to_the_referen
         stats = summary(copy)
         stats["status"] = "interrupted"  # as if killed in the final evaluation: resuming step-40 redoes that
         (copy / "summary.json").write_text(json.dumps(stats))
-        result = train(["--resume", copy / "checkpoints" / name], env)
+        result = run_train(["--resume", copy / "checkpoints" / name], env)
         assert f"resumed from {copy / 'checkpoints' / name}: epoch" in result.stdout
         assert summary(copy)["status"] == "completed" and summary(copy)["test_acc"] == summary(run)["test_acc"]
         assert_same_weights(run / "weights" / "best.safetensors", copy / "weights" / "best.safetensors")
@@ -194,9 +194,9 @@ def test_auto_resume_falls_back_from_a_broken_newest_checkpoint(runs, env, tmp_p
     else:
         (newest / MARKER).unlink()
     (run / "checkpoints" / ".tmp-step-00000021").mkdir()  # as a kill during a save leaves it
-    explicit = train(["--resume", newest], env, launcher=PYTHON, check=False)
+    explicit = run_train(["--resume", newest], env, launcher=PYTHON, check=False)
     assert explicit.returncode == 2 and f"--resume {newest}: not a complete checkpoint" in explicit.stderr
-    result = train(command(tmp_path), env)  # the same command as before: continues the run
+    result = run_train(command(tmp_path), env)  # the same command as before: continues the run
     assert "skipping checkpoint" in result.stdout and "falling back to step-00000018" in result.stdout
     assert "removing" in result.stdout and not (run / "checkpoints" / ".tmp-step-00000021").exists()
     assert "resumed from" in result.stdout and summary(run)["status"] == "completed"
@@ -206,16 +206,16 @@ def test_auto_resume_falls_back_from_a_broken_newest_checkpoint(runs, env, tmp_p
 @pytest.mark.slow
 def test_same_command_refuses_another_config_and_never_mode(runs, env, tmp_path):
     shutil.copytree(runs / "half", tmp_path / "half")
-    changed = train([*command(tmp_path), "optim.lr=0.5"], env, launcher=PYTHON, check=False)
+    changed = run_train([*command(tmp_path), "optim.lr=0.5"], env, launcher=PYTHON, check=False)
     assert changed.returncode == 2
     assert changed.stderr.strip() == (
         f"error: {tmp_path / 'half'} holds a run with another config (optim.lr: 0.003 there, 0.5 here): "
         f"--resume {tmp_path / 'half'} continues it with its own config, --run-name NAME starts another run, "
         "--force starts over in it (deleting it)")
-    never = train([*command(tmp_path), "--resume", "never"], env, launcher=PYTHON, check=False)
+    never = run_train([*command(tmp_path), "--resume", "never"], env, launcher=PYTHON, check=False)
     assert never.returncode == 2 and "already holds a run (--resume never)" in never.stderr
     assert summary(tmp_path / "half")["status"] == "interrupted"  # untouched
-    train([*command(tmp_path), "optim.lr=0.5", "--force"], env)  # starts over in it, with the new config
+    run_train([*command(tmp_path), "optim.lr=0.5", "--force"], env)  # starts over in it, with the new config
     assert summary(tmp_path / "half")["status"] == "completed" and summary(tmp_path / "half")["resumed_from"] is None
     assert "lr: 0.5" in (tmp_path / "half" / "config.yaml").read_text()
 
@@ -223,7 +223,7 @@ def test_same_command_refuses_another_config_and_never_mode(runs, env, tmp_path)
 @pytest.mark.slow
 def test_nan_loss_fails_cleanly_and_keeps_the_last_checkpoint(runs, env, tmp_path):
     nan_env = {**env, "HARNESS_FAULT_NAN_AT_STEP": "27"}
-    result = train(command(tmp_path, "nan"), nan_env, launcher=PYTHON, check=False)
+    result = run_train(command(tmp_path, "nan"), nan_env, launcher=PYTHON, check=False)
     run = tmp_path / "nan"
     message = ("non-finite loss or gradients at epoch 2, step 27 (batch 7); nothing of it was saved, the last "
                "checkpoint (step-00000024) is intact")
@@ -234,7 +234,7 @@ def test_nan_loss_fails_cleanly_and_keeps_the_last_checkpoint(runs, env, tmp_pat
     for path in [latest / "model.safetensors", run / "weights" / "last.safetensors", run / "weights" / "best.safetensors"]:
         assert all(torch.isfinite(t).all() for t in load_file(str(path)).values() if t.is_floating_point())
     # Without the fault, the same command continues from that checkpoint and matches the straight run.
-    train(command(tmp_path, "nan"), env)
+    run_train(command(tmp_path, "nan"), env)
     assert summary(run)["status"] == "completed"
     assert_same_weights(runs / "straight" / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
 
@@ -242,7 +242,7 @@ def test_nan_loss_fails_cleanly_and_keeps_the_last_checkpoint(runs, env, tmp_pat
 @pytest.mark.slow
 def test_skip_nonfinite_steps_skips_and_counts(env, tmp_path):
     nan_env = {**env, "HARNESS_FAULT_NAN_AT_STEP": "27"}
-    result = train([*command(tmp_path, "skip"), "train.skip_nonfinite_steps=1"], nan_env)
+    result = run_train([*command(tmp_path, "skip"), "train.skip_nonfinite_steps=1"], nan_env)
     assert "skipping the update at epoch 2, step 27 (batch 7)" in result.stdout
     s = summary(tmp_path / "skip")
     assert s["status"] == "completed" and s["skipped_steps"] == 1 and s["global_step"] == 40
@@ -251,7 +251,7 @@ def test_skip_nonfinite_steps_skips_and_counts(env, tmp_path):
 
 @pytest.mark.slow
 def test_time_based_checkpoints_land_inside_epochs(env, tmp_path):
-    train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "timed", *FAST, "train.epochs=1",
+    run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "timed", *FAST, "train.epochs=1",
            "checkpoint.every_n_minutes=0.0001", "checkpoint.keep_last=100"], env)
     steps = sorted(marker(p)["global_step"] for p in (tmp_path / "timed" / "checkpoints").glob("step-*"))
     assert len(steps) > 5 and steps[-1] == 20 and all(0 < s < 20 for s in steps[:-1])

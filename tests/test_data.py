@@ -84,11 +84,11 @@ def test_unreadable_image_names_the_file(tmp_path):
 def test_transforms_resize_normalise_and_augment_train_only():
     cfg = DataConfig(builtin="digits", image_size=20, mean=[0.5] * 3, std=[0.5] * 3, augmentations=["hflip"])
     image = Image.new("RGB", (7, 9), (255, 0, 0))
-    train, evaluation = build_transform(cfg, train=True), build_transform(cfg, train=False)
+    augmenting, evaluation = build_transform(cfg, train=True), build_transform(cfg, train=False)
     out = evaluation(image)
     assert out.shape == (3, 20, 20)
     assert torch.allclose(out[0], torch.ones(20, 20)) and torch.allclose(out[1], -torch.ones(20, 20))
-    assert "RandomHorizontalFlip" in repr(train) and "RandomHorizontalFlip" not in repr(evaluation)
+    assert "RandomHorizontalFlip" in repr(augmenting) and "RandomHorizontalFlip" not in repr(evaluation)
 
 
 def test_augmentation_is_seeded_per_sample_and_leaves_global_rng_alone(tmp_path):

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import DIGITS, FAST, PYTHON, REPO, history_metrics, infer, summary, train, weights
+from conftest import DIGITS, FAST, PYTHON, REPO, history_metrics, run_infer, run_train, summary, weights
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (pip install -e '.[deepspeed]')")
 
@@ -27,9 +27,9 @@ def launcher(stage: int, precision: str) -> list[str]:
 def test_zero_stage_trains_resumes_exactly_and_exports(env, tmp_path, stage, precision):
     ds = launcher(stage, precision)
     common = ["--config", DIGITS, "--output-dir", tmp_path, *SETTINGS]
-    train([*common, "--run-name", "straight"], env, launcher=ds)
-    train([*common, "--run-name", "resumed", "--stop-after-epochs", "1"], env, launcher=ds)
-    result = train([*common, "--run-name", "resumed"], env, launcher=ds)  # the same command continues it
+    run_train([*common, "--run-name", "straight"], env, launcher=ds)
+    run_train([*common, "--run-name", "resumed", "--stop-after-epochs", "1"], env, launcher=ds)
+    result = run_train([*common, "--run-name", "resumed"], env, launcher=ds)  # the same command continues it
     assert "resumed from" in result.stdout and "step-00000010" in result.stdout
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     s = summary(resumed)
@@ -42,12 +42,12 @@ def test_zero_stage_trains_resumes_exactly_and_exports(env, tmp_path, stage, pre
     tensors = weights(resumed / "weights" / "best.safetensors")
     assert {t.dtype for t in tensors.values()} <= {torch.float32, torch.int64}
     out = tmp_path / "inference"
-    infer(["--run", resumed, "--out", out], env, launcher=PYTHON)
+    run_infer(["--run", resumed, "--out", out], env, launcher=PYTHON)
     metrics = (out / "metrics.json").read_text()
     assert f'"accuracy": {s["test_acc"]}' in metrics
 
 
 def test_deepspeed_refuses_skipping_nonfinite_steps(env, tmp_path):
-    result = train(["--config", DIGITS, "--output-dir", tmp_path, *SETTINGS, "train.skip_nonfinite_steps=2"], env,
+    result = run_train(["--config", DIGITS, "--output-dir", tmp_path, *SETTINGS, "train.skip_nonfinite_steps=2"], env,
                    launcher=launcher(2, "no"), check=False)
     assert result.returncode != 0 and "train.skip_nonfinite_steps: not possible under DeepSpeed" in result.stderr

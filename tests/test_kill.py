@@ -11,7 +11,7 @@ import pytest
 
 from harness.checkpoint import read_pointer, verify
 
-from conftest import DIGITS, FAST, PYTHON, REPO, assert_same_weights, summary, train
+from conftest import DIGITS, FAST, PYTHON, REPO, assert_same_weights, run_train, summary
 
 # 79 updates per epoch, a step checkpoint every 10, two kept; no workers, so SIGKILL leaves no orphans.
 SETTINGS = [*FAST, "train.epochs=3", "train.batch_size=16", "data.num_workers=0", "checkpoint.every_n_steps=10",
@@ -54,7 +54,7 @@ def kill_when(cmd: list[str], env: dict, run: Path, condition, poll: float) -> b
 @pytest.fixture(scope="module")
 def reference(env, tmp_path_factory):
     out = tmp_path_factory.mktemp("kill")
-    train(["--config", DIGITS, "--output-dir", out, "--run-name", "reference", *SETTINGS], env, launcher=PYTHON)
+    run_train(["--config", DIGITS, "--output-dir", out, "--run-name", "reference", *SETTINGS], env, launcher=PYTHON)
     return out / "reference"
 
 
@@ -83,7 +83,7 @@ def test_kill_9_then_rerun_gives_the_reference_weights(reference, env, tmp_path,
     named = read_pointer(run / "checkpoints" / "latest")
     assert named is None or verify(run / "checkpoints" / named) is None, f"latest names a broken {named}"
     # The same command again continues the run (or starts it over, when no checkpoint was complete yet).
-    result = train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "killed", *SETTINGS], env,
+    result = run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "killed", *SETTINGS], env,
                    launcher=PYTHON)
     assert summary(run)["status"] == "completed"
     if point == "during a checkpoint save":

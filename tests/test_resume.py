@@ -14,7 +14,7 @@ import pytest
 from safetensors import safe_open
 
 from conftest import (DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, history_metrics, marker, pointer, rows,
-                      summary, train)
+                      run_train, summary)
 
 # Small batches give many steps per epoch, so a signal lands in the middle of one; two workers show that
 # augmentation does not depend on worker processes; a cosine schedule with warmup shows the scheduler resumes;
@@ -37,7 +37,7 @@ def trace(path):
 @pytest.fixture(scope="module")
 def straight(env, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
-    train(["--config", DIGITS, "--output-dir", out, "--run-name", "straight", *SETTINGS],
+    run_train(["--config", DIGITS, "--output-dir", out, "--run-name", "straight", *SETTINGS],
           traced(env, out / "trace"))
     return out / "straight", trace(out / "trace")
 
@@ -45,13 +45,13 @@ def straight(env, tmp_path_factory):
 @pytest.mark.slow
 def test_two_epochs_then_resume_equals_four_straight(straight, env, tmp_path):
     reference, reference_trace = straight
-    first = train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "split", "--stop-after-epochs", "2",
+    first = run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "split", "--stop-after-epochs", "2",
                    *SETTINGS], traced(env, tmp_path / "trace"))
     run = tmp_path / "split"
     assert "stopped after 2 epoch(s)" in first.stdout
     assert summary(run)["status"] == "interrupted" and summary(run)["epoch"] == 2
     assert not (run / "reports").exists()  # no final evaluation for an unfinished run
-    second = train(["--resume", run], traced(env, tmp_path / "trace"))
+    second = run_train(["--resume", run], traced(env, tmp_path / "trace"))
     assert "resumed from" in second.stdout and "epoch 2, batch 0" in second.stdout
     s = summary(run)
     assert s["status"] == "completed" and s["epoch"] == 4 and s["global_step"] == 4 * STEPS_PER_EPOCH
@@ -88,7 +88,7 @@ def test_sigterm_mid_epoch_then_resume_equals_straight(straight, env, tmp_path):
     assert saved["epoch"] == 1 and 20 < saved["batch_in_epoch"] < STEPS_PER_EPOCH, saved
     assert saved["global_step"] == STEPS_PER_EPOCH + saved["batch_in_epoch"]
 
-    resumed = train(["--resume", run], traced(env, trace_file))
+    resumed = run_train(["--resume", run], traced(env, trace_file))
     assert f"resuming epoch 2 at batch {saved['batch_in_epoch'] + 1}/{STEPS_PER_EPOCH}" in resumed.stdout
     assert summary(run)["status"] == "completed"
     assert trace(trace_file) == reference_trace  # the same batches, in the same order, each once
@@ -100,14 +100,14 @@ def test_sigterm_mid_epoch_then_resume_equals_straight(straight, env, tmp_path):
 def test_resume_of_a_completed_run_does_not_retrain(straight, env):
     reference, _ = straight
     before = (reference / "weights" / "last.safetensors").stat().st_mtime_ns
-    result = train(["--resume", reference], env)
+    result = run_train(["--resume", reference], env)
     assert "already completed its 4 epochs" in result.stdout
     assert (reference / "weights" / "last.safetensors").stat().st_mtime_ns == before
     assert summary(reference)["status"] == "completed"
 
 
 def test_resume_of_a_missing_run_is_a_clear_error(env, tmp_path):
-    result = train(["--resume", tmp_path / "nope"], env, launcher=PYTHON, check=False)
+    result = run_train(["--resume", tmp_path / "nope"], env, launcher=PYTHON, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --resume {tmp_path / 'nope'}: neither a run directory (with config.yaml) nor a checkpoint folder"
 
@@ -134,7 +134,7 @@ def test_ddp_stopped_mid_epoch_and_at_an_epoch_end_resumes_exactly(env, tmp_path
     rank stops at the same update, one checkpoint is saved; the resumed session stops again at the end of that
     epoch (--stop-after-epochs), and the last one finishes with the weights of an uninterrupted run."""
     ddp_env = {**env, "ACCELERATE_USE_CPU": "1"}
-    train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "straight", *DDP_SETTINGS], ddp_env,
+    run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "straight", *DDP_SETTINGS], ddp_env,
           launcher=DDP)
     trace_file = tmp_path / "trace"
     cmd = [*DDP, str(REPO / "harness" / "train.py"), "--config", str(DIGITS), "--output-dir", str(tmp_path),
@@ -155,10 +155,10 @@ def test_ddp_stopped_mid_epoch_and_at_an_epoch_end_resumes_exactly(env, tmp_path
     assert saved["epoch"] == 1 and 0 < saved["batch_in_epoch"] < 79 and saved["num_processes"] == 2
     assert "Connection closed by peer" not in output
 
-    again = train(["--resume", run, "--stop-after-epochs", "1"], ddp_env, launcher=DDP)
+    again = run_train(["--resume", run, "--stop-after-epochs", "1"], ddp_env, launcher=DDP)
     assert "resuming epoch 2 at batch" in again.stdout
     assert summary(run)["reason"] == "stopped after 1 epoch(s) (--stop-after-epochs)" and summary(run)["epoch"] == 2
-    train(["--resume", run], ddp_env, launcher=DDP)
+    run_train(["--resume", run], ddp_env, launcher=DDP)
     assert summary(run)["status"] == "completed"
     assert_same_weights(tmp_path / "straight" / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
     assert history_metrics(run) == history_metrics(tmp_path / "straight")

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from harness.builtin import builtin_root
 
-from conftest import DIGITS, FAST, PYTHON, REPO, infer, make_image_folder, marker, pointer, rows, summary, train
+from conftest import DIGITS, FAST, PYTHON, REPO, make_image_folder, marker, pointer, rows, run_infer, run_train, summary
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def quickstart(env, tmp_path_factory):
     """The README's quickstart: configs/digits.yaml exactly as shipped, one CPU process."""
     out = tmp_path_factory.mktemp("runs")
     started = time.perf_counter()
-    result = train(["--config", DIGITS, "--output-dir", out], env)
+    result = run_train(["--config", DIGITS, "--output-dir", out], env)
     return out / "digits", time.perf_counter() - started, result
 
 
@@ -93,7 +93,7 @@ def test_tensorboard_has_step_epoch_and_figure_tags(quickstart):
 @pytest.mark.slow
 def test_infer_reproduces_the_training_test_accuracy_exactly(quickstart, env, tmp_path):
     run, _, _ = quickstart
-    result = infer(["--run", run], env)
+    result = run_infer(["--run", run], env)
     out = run / "inference" / "test"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accuracy"] == summary(run)["test_acc"]
@@ -106,7 +106,7 @@ def test_infer_reproduces_the_training_test_accuracy_exactly(quickstart, env, tm
     assert (out / "classification_report.txt").read_text().startswith(run.name)
     assert (out / "confusion_matrix.png").stat().st_size > 10_000
     # The last weights on the validation split, to another folder.
-    infer(["--run", run, "--split", "val", "--checkpoint", "last", "--out", tmp_path / "val"], env)
+    run_infer(["--run", run, "--split", "val", "--checkpoint", "last", "--out", tmp_path / "val"], env)
     last = json.loads((tmp_path / "val" / "metrics.json").read_text())
     assert last["epoch"] == 12 and last["accuracy"] == pytest.approx(float(rows(run / "history.csv")[-1]["val_acc"]))
 
@@ -119,7 +119,7 @@ def test_infer_on_unlabeled_images(quickstart, env, tmp_path):
     images.mkdir()
     for i, row in enumerate(rows(run / "splits" / "test.csv")[:7]):
         Image.open(root / row["path"]).save(images / f"{i}.png")
-    infer(["--run", run, "--images", images, "--out", tmp_path / "out"], env)
+    run_infer(["--run", run, "--images", images, "--out", tmp_path / "out"], env)
     predictions = rows(tmp_path / "out" / "predictions.csv")
     assert len(predictions) == 7 and "label" not in predictions[0]
     assert {p["prediction"] for p in predictions} <= {str(d) for d in range(10)}
@@ -128,20 +128,20 @@ def test_infer_on_unlabeled_images(quickstart, env, tmp_path):
 
 @pytest.mark.slow
 def test_overrides_change_the_run_name_and_saved_config(env, tmp_path):
-    train(["--config", DIGITS, "--output-dir", tmp_path, "train.epochs=1", "optim.lr=0.01", *FAST], env)
+    run_train(["--config", DIGITS, "--output-dir", tmp_path, "train.epochs=1", "optim.lr=0.01", *FAST], env)
     run = tmp_path / "digits_deterministictrue_epochs1_lr0.01_width8"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["optim"]["lr"] == 0.01 and saved["train"]["epochs"] == 1 and saved["model"]["kwargs"]["width"] == 8
     assert summary(run)["status"] == "completed" and summary(run)["epoch"] == 1
     # The same command again finds the run complete and trains nothing.
     before = (run / "weights" / "last.safetensors").stat().st_mtime_ns
-    again = train(["--config", DIGITS, "--output-dir", tmp_path, "train.epochs=1", "optim.lr=0.01", *FAST], env)
+    again = run_train(["--config", DIGITS, "--output-dir", tmp_path, "train.epochs=1", "optim.lr=0.01", *FAST], env)
     assert "already completed its 1 epochs: nothing to do" in again.stdout
     assert (run / "weights" / "last.safetensors").stat().st_mtime_ns == before
 
 
 def test_typo_fails_with_a_suggestion_and_no_run_dir(env, tmp_path):
-    result = train(["--config", DIGITS, "--output-dir", tmp_path, "optim.lrr=0.1"], env, launcher=PYTHON, check=False)
+    result = run_train(["--config", DIGITS, "--output-dir", tmp_path, "optim.lrr=0.1"], env, launcher=PYTHON, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"error: {DIGITS}: optim.lrr: unknown key (did you mean 'optim.lr'?)"
@@ -162,7 +162,7 @@ def test_image_folder_run_and_a_failure_is_recorded(env, tmp_path):
         "train": {"epochs": 2, "batch_size": 8},
         "optim": {"lr": 0.05},
     }))
-    train(["--config", config, "--output-dir", tmp_path / "runs"], env)
+    run_train(["--config", config, "--output-dir", tmp_path / "runs"], env)
     run = tmp_path / "runs" / "folder"
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(root.resolve())
     assert summary(run)["images"] == {"train": 18, "val": 6, "test": 6}
@@ -171,7 +171,7 @@ def test_image_folder_run_and_a_failure_is_recorded(env, tmp_path):
 
     (root / "class_1" / "005.png").write_bytes(b"broken")
     # Read by a DataLoader worker process, which re-raises in the main process: still one line.
-    failed = train(["--config", config, "--output-dir", tmp_path / "runs", "--run-name", "broken",
+    failed = run_train(["--config", config, "--output-dir", tmp_path / "runs", "--run-name", "broken",
                     "data.num_workers=2"], env, launcher=PYTHON, check=False)
     assert failed.returncode == 2
     assert len(failed.stderr.strip().splitlines()) == 1 and failed.stderr.strip().endswith("class_1/005.png: cannot read image (cannot identify "
