@@ -24,7 +24,8 @@ from harness.accel import environment, log_to_file, size_deepspeed_buckets
 from harness.builtin import data_root
 from harness.checkpoint import clean_temporary
 from harness.config import Config
-from harness.data import DataSplits, ImageListDataset, build_loader, build_transform, discover_splits
+from harness.data import (DataSplits, ImageListDataset, build_loader, build_transform, discover_splits,
+                          eval_loader)
 from harness.evaluation import match_buffers_to_params
 from harness.models import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler
@@ -88,7 +89,8 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     state = _restore(accelerator, cfg, plan.resume_from)
 
     main = accelerator.is_main_process
-    reporter = Reporter(rundir, main, cfg.log.tensorboard, purge_step=state.global_step + 1 if plan.resume_from else None)
+    reporter = Reporter(rundir, main, cfg.log.tensorboard,
+                        purge_step=state.global_step + 1 if plan.resume_from else None)
     facts = {
         "run": rundir.name, "run_dir": str(rundir.root), "started_at": state.started_at,
         "resumed_from": str(plan.resume_from) if plan.resume_from else None, **env,
@@ -108,13 +110,9 @@ def build_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[str
                                  augment_seed=cfg.train.seed)
     train_loader = build_loader(train_set, cfg.train.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                                 seed=cfg.train.seed)
-    transform = build_transform(cfg.data, train=False)
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
-    eval_loaders = {
-        split: build_loader(ImageListDataset(splits.root, samples, transform), batch_size, shuffle=False,
-                            num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-        for split, samples in splits.splits.items()
-    }
+    eval_loaders = {split: eval_loader(cfg.data, splits.root, samples, batch_size, cfg.train.seed)
+                    for split, samples in splits.splits.items()}
     return train_loader, eval_loaders
 
 

@@ -256,3 +256,9 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: 
         # Workers must see each epoch's dataset.set_epoch, so they are not kept across epochs.
         persistent_workers=False,
     )
+
+
+def eval_loader(cfg: DataConfig, root: Path, samples: Samples, batch_size: int, seed: int) -> DataLoader:
+    """An unshuffled, unaugmented loader over ``samples``: validation, the final test and inference."""
+    dataset = ImageListDataset(root, samples, build_transform(cfg, train=False))
+    return build_loader(dataset, batch_size, shuffle=False, num_workers=cfg.num_workers, seed=seed)

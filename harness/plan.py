@@ -49,7 +49,8 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
     if args.force or not run.root.exists():
         return RunPlan(cfg, run, None)
     if not run.config.is_file():
-        raise CheckpointError(f"{run.root} exists and is not a run directory: choose another --run-name or --output-dir")
+        raise CheckpointError(f"{run.root} exists and is not a run directory: "
+                              "choose another --run-name or --output-dir")
     if args.resume == "never":
         raise CheckpointError(f"{run.root} already holds a run (--resume never): {START_OVER_HINT}")
     changed = first_difference(load_config(run.config).to_dict(), cfg.to_dict())

@@ -14,7 +14,7 @@ from harness.accel import build_accelerator, setup_logging
 from harness.atomic import write_atomic
 from harness.builtin import data_root
 from harness.config import Config, ModelConfig, load_config
-from harness.data import IMG_EXTENSIONS, DataSplits, ImageListDataset, Samples, build_loader, build_transform
+from harness.data import IMG_EXTENSIONS, DataSplits, Samples, eval_loader
 from harness.errors import CheckpointError, DataError
 from harness.evaluation import evaluate
 from harness.metrics import Predictions
@@ -38,10 +38,8 @@ def predict(args: argparse.Namespace) -> int:
     setup_logging(accelerator)
 
     samples, root, name = _samples(args, run, cfg)
-    dataset = ImageListDataset(root, samples, build_transform(cfg.data, train=False))
     batch_size = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
-    loader = build_loader(dataset, batch_size, shuffle=False, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-    model, loader = accelerator.prepare(model, loader)
+    model, loader = accelerator.prepare(model, eval_loader(cfg.data, root, samples, batch_size, cfg.train.seed))
     preds = evaluate(accelerator, model, loader)
     if accelerator.is_main_process:
         out = Path(args.out) if args.out else run.inference(name)
