@@ -1,4 +1,7 @@
-"""Infer: ``accelerate launch harness/infer.py --run runs/<name> [--split test] [--checkpoint best|last]``."""
+"""Infer: ``accelerate launch harness/infer.py --run runs/<name> [--split test] [--checkpoint best|last]``.
+
+The entry point only parses the command line; ``harness.predict`` does the rest.
+"""
 
 from __future__ import annotations
 

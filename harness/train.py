@@ -1,4 +1,7 @@
-"""Train: ``accelerate launch harness/train.py --config configs/digits.yaml [section.key=value ...]``."""
+"""Train: ``accelerate launch harness/train.py --config configs/digits.yaml [section.key=value ...]``.
+
+The entry point only parses the command line; ``harness.run`` does the rest.
+"""
 
 from __future__ import annotations
 
