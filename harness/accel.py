@@ -61,6 +61,14 @@ def size_deepspeed_buckets(accelerator: Accelerator, model: nn.Module) -> None:
             zero[key] = min(default, parameters)
 
 
+def leave_together(accelerator: Accelerator) -> None:
+    """Every process waits for the others, then the process group is torn down. A process that exits while
+    another still writes reports can take the job down with it (DeepSpeed's shared-memory transport aborts),
+    and one that exits with its gloo group still alive can abort in its interpreter's teardown."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def setup_logging(accelerator: Accelerator | None = None) -> None:
     """Console logging from the main process only (the others report errors); accelerate's chatter muted.
     Before the Accelerator exists, the launcher's RANK says which process is the main one."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from harness.accel import build_accelerator, setup_logging
+from harness.accel import build_accelerator, leave_together, setup_logging
 from harness.atomic import write_atomic
 from harness.builtin import data_root
 from harness.config import Config, ModelConfig, load_config
@@ -47,6 +47,7 @@ def predict(args: argparse.Namespace) -> int:
                  "images": len(preds), "mixed_precision": accelerator.mixed_precision,
                  "num_processes": accelerator.num_processes}
         _write_outputs(preds, meta["classes"], [path for path, _ in samples], out, facts)
+    leave_together(accelerator)
     return 0
 
 

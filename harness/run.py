@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from harness.accel import build_accelerator, setup_logging
+from harness.accel import build_accelerator, leave_together, setup_logging
 from harness.build import Run, build_run
 from harness.errors import UserError, user_message
 from harness.plan import resolve_run
@@ -48,7 +47,7 @@ def execute(run: Run, stop_after_epochs: int | None = None) -> int:
     except TrainingInterrupted as stop:
         run.summary.write(status="interrupted", reason=str(stop))
         logger.warning(f"{stop}; continue with --resume {run.rundir.root}")
-        _leave_together(run.accelerator)
+        leave_together(run.accelerator)
         return stop.exit_code
     except KeyboardInterrupt:  # during the final evaluation, after the last checkpoint: resuming redoes it
         run.summary.write(status="interrupted", reason="KeyboardInterrupt")
@@ -63,12 +62,5 @@ def execute(run: Run, stop_after_epochs: int | None = None) -> int:
     logger.info(f"done: best {run.cfg.checkpoint.monitor} {run.state.best_metric:.4f} (epoch {run.state.best_epoch}), "
                 + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith("_acc"))
                 + f"; outputs in {run.rundir.root}")
-    _leave_together(run.accelerator)
+    leave_together(run.accelerator)
     return 0
-
-
-def _leave_together(accelerator: Accelerator) -> None:
-    """Every process waits for the others, then the process group is torn down: a process that exits while
-    another still writes reports can take the job down with it (DeepSpeed's shared-memory transport aborts)."""
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
