@@ -27,7 +27,6 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-
 class Rule(NamedTuple):
     """What a field's value must meet (``holds``), and how an error says it (``requirement``)."""
 

@@ -21,8 +21,6 @@ def launcher(stage: int, precision: str) -> list[str]:
             "--mixed_precision", precision, "--num_cpu_threads_per_process", "1"]
 
 
-
-
 @pytest.mark.parametrize("stage, precision", [(1, "no"), (2, "no"), (3, "bf16")])
 def test_zero_stage_trains_resumes_exactly_and_exports(env, tmp_path, stage, precision):
     ds = launcher(stage, precision)

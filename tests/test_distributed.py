@@ -62,8 +62,6 @@ def assert_close_weights(a, b):
         assert torch.allclose(wa[key], wb[key], **TOLERANCE), (key, (wa[key] - wb[key]).abs().max())
 
 
-
-
 @pytest.mark.slow
 def test_two_processes_equal_one_with_the_global_batch(setup):
     out, _, _, _ = setup

@@ -32,8 +32,6 @@ def trace(path):
     return [line.split() for line in open(f"{path}.rank0")]
 
 
-
-
 @pytest.fixture(scope="module")
 def straight(env, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")

@@ -24,8 +24,6 @@ def quickstart(env, tmp_path_factory):
     return out / "digits", time.perf_counter() - started, result
 
 
-
-
 @pytest.mark.slow
 def test_quickstart_trains_digits_fast_and_well(quickstart):
     run, seconds, _ = quickstart
