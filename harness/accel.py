@@ -11,6 +11,8 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 from torch import nn
 
+from harness.models import num_parameters
+
 # DeepSpeed's own defaults for its communication buffers, in elements
 DEEPSPEED_BUCKETS = {"reduce_bucket_size": 500_000_000, "allgather_bucket_size": 500_000_000,
                      "stage3_prefetch_bucket_size": 50_000_000}
@@ -55,7 +57,7 @@ def size_deepspeed_buckets(accelerator: Accelerator, model: nn.Module) -> None:
     if plugin is None:
         return
     zero = plugin.deepspeed_config.setdefault("zero_optimization", {})
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = num_parameters(model)
     for key, default in DEEPSPEED_BUCKETS.items():
         if zero.get(key, "auto") == "auto":
             zero[key] = min(default, parameters)

@@ -81,7 +81,7 @@ def save_checkpoint(accelerator: Accelerator, run: RunDir, state: TrainState, ke
 
 def _point_latest_before(run: RunDir, name: str) -> None:
     """Point ``latest`` at the newest complete checkpoint older than ``name``, or at nothing."""
-    older = [path.name for path in step_folders(run) if path.name < name and verify(path) is None]
+    older = [complete for complete in complete_checkpoints(run) if complete < name]
     if older:
         write_atomic(run.checkpoints / "latest", older[-1] + "\n")
     else:
@@ -100,8 +100,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 
 def rotate(run: RunDir, keep_last: int, protect: set) -> None:
     """Delete complete checkpoints beyond the newest ``keep_last``, except the names in ``protect``."""
-    complete = [path.name for path in step_folders(run) if verify(path) is None]
-    for name in complete[:-keep_last]:
+    for name in complete_checkpoints(run)[:-keep_last]:
         if name not in protect:
             shutil.rmtree(run.checkpoint(name), ignore_errors=True)
 
@@ -168,6 +167,11 @@ def step_folders(run: RunDir) -> list[Path]:
     if not run.checkpoints.is_dir():
         return []
     return sorted(p for p in run.checkpoints.iterdir() if p.is_dir() and NAME.fullmatch(p.name))
+
+
+def complete_checkpoints(run: RunDir) -> list[str]:
+    """The names of the run's complete checkpoints, oldest first."""
+    return [path.name for path in step_folders(run) if verify(path) is None]
 
 
 def read_pointer(path: Path) -> str | None:
