@@ -8,9 +8,10 @@ import sys
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs, get_int_from_env
 from torch import nn
 
+from harness.errors import LaunchError
 from harness.models import num_parameters
 
 # DeepSpeed's own defaults for its communication buffers, in elements
@@ -21,11 +22,16 @@ DEEPSPEED_BUCKETS = {"reduce_bucket_size": 500_000_000, "allgather_bucket_size":
 def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, seed: int = 0,
                       clip_grad_norm: float | None = None, batch_size: int | None = None) -> Accelerator:
     """``mixed_precision=None`` leaves precision to the launch config (ACCELERATE_MIXED_PRECISION)."""
-    handlers = []
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Without CUDA, NCCL cannot work: processes must meet over gloo (DeepSpeed on CPU needs it said).
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    launched = launched_processes()
+    on_cpu = launched > 1 and not torch.cuda.is_available()
+    # Without CUDA, NCCL cannot work: processes must meet over gloo (DeepSpeed on CPU needs it said).
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu else []
     accelerator = Accelerator(
+        # accelerate's torchrun path (multi_gpu and cpu_ddp launch configs) does not pass use_cpu on: without
+        # cpu=True, processes without a GPU would each train alone (distributed type NO). DeepSpeed and FSDP
+        # keep their own engine, which cpu=True would switch off.
+        cpu=on_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true"
+        and os.environ.get("ACCELERATE_USE_FSDP", "false") != "true",
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum_steps,
         # The scheduler is stepped once per optimizer update by the loop, never once per process.
@@ -34,6 +40,7 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, se
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
         kwargs_handlers=handlers,
     )
+    check_world(accelerator, launched)
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         # The run config is the one source of truth for accumulation and clipping under DeepSpeed too
@@ -46,6 +53,26 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, se
         # weights/*.safetensors are consolidated with accelerator.get_state_dict, which ZeRO-3 allows only so.
         plugin.deepspeed_config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
     return accelerator
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started, as it tells each of them (torchrun's WORLD_SIZE, or MPI's)."""
+    world = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+    if world > 1 and get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], -1) < 0:
+        raise LaunchError(f"the environment says {world} processes (WORLD_SIZE) but gives this one no RANK: start "
+                          "several processes with accelerate launch (see the README), or unset WORLD_SIZE")
+    return world
+
+
+def check_world(accelerator: Accelerator, launched: int) -> None:
+    """Refuse a run whose processes would not train one model together: each would see part of the data and
+    report metrics over it (a silent wrong result)."""
+    distributed = accelerator.distributed_type != DistributedType.NO
+    if accelerator.num_processes != launched or (launched > 1 and not distributed):
+        raise LaunchError(
+            f"the launcher started {launched} process(es) but they form a group of {accelerator.num_processes} "
+            f"({str(accelerator.distributed_type).rsplit('.', 1)[-1]}): they would train separate models on parts "
+            "of the data; use a launch config of launch_configs/ as the README shows")
 
 
 def size_deepspeed_buckets(accelerator: Accelerator, model: nn.Module) -> None:
@@ -61,6 +88,13 @@ def size_deepspeed_buckets(accelerator: Accelerator, model: nn.Module) -> None:
     for key, default in DEEPSPEED_BUCKETS.items():
         if zero.get(key, "auto") == "auto":
             zero[key] = min(default, parameters)
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """Whether ``flag`` is true on any process, on every process (a collective)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum").item() > 0)
 
 
 def leave_together(accelerator: Accelerator) -> None:

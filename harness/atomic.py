@@ -23,6 +23,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         fsync(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.filename is None:  # a failed write() names no file; the error message must
+            error.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

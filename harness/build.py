@@ -1,7 +1,7 @@
 """Building a training run: its parts, made and prepared by the Accelerator in the order it needs, in one object.
 
 seed -> splits -> loaders -> model, optimizer, loss -> run directory -> prepare (loaders first, then model,
-optimizer and scheduler together) -> [load_state] -> reporter and summary.
+optimizer and scheduler together) -> [load_checkpoint] -> reporter and summary.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from harness.accel import environment, log_to_file, size_deepspeed_buckets
 from harness.builtin import data_root
-from harness.checkpoint import clean_temporary
+from harness.checkpoint import clean_temporary, load_checkpoint
 from harness.config import Config
 from harness.data import (DataSplits, ImageListDataset, build_loader, build_transform, discover_splits,
                           eval_loader)
@@ -123,19 +123,23 @@ def _prepare_run_dir(accelerator: Accelerator, rundir: RunDir, cfg: Config, spli
         if fresh:
             shutil.rmtree(rundir.root, ignore_errors=True)
         rundir.root.mkdir(parents=True, exist_ok=True)
-        cfg.save(rundir.config)
-        splits.save(rundir.splits)
+        try:
+            cfg.save(rundir.config)
+            splits.save(rundir.splits)
+        except BaseException:
+            if fresh:  # half a run directory would stop the next attempt ("not a run directory")
+                shutil.rmtree(rundir.root, ignore_errors=True)
+            raise
     accelerator.wait_for_everyone()
     clean_temporary(accelerator, rundir)
     log_to_file(accelerator, rundir.log_file)
 
 
 def _restore(accelerator: Accelerator, cfg: Config, resume_from: Path | None) -> TrainState:
-    """The train state, registered for checkpointing; loaded with everything else when resuming."""
+    """The train state; loaded with everything else when resuming."""
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
     if resume_from:
-        accelerator.load_state(str(resume_from))
+        load_checkpoint(accelerator, resume_from, state)
         logger.info(f"resumed from {resume_from}: epoch {state.epoch}, batch {state.batch_in_epoch}, "
                     f"step {state.global_step}")
     moved = state.move_to(accelerator.num_processes)

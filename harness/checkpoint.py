@@ -7,34 +7,48 @@ Layout under ``runs/<name>/checkpoints/``::
     best             the name of the checkpoint with the best validation metric (likewise)
     .tmp-step-.../   a save in progress (or left by a killed one: ignored and cleaned up)
 
-A save is: every process writes into ``.tmp-<name>``; the main process fsyncs the files, writes the
-marker (a manifest of every file and its size), renames the folder into place, fsyncs the parent, then
-updates ``latest``/``best``, and only then deletes old checkpoints beyond ``checkpoint.keep_last``
-(never the newest complete one, never the best). So a checkpoint on disk is complete or absent, a
-truncated file is caught by the manifest before anything is loaded, and ``latest`` never names an
-incomplete checkpoint (a re-save of the same step first points it at an older one).
+A save is: every process writes into ``.tmp-<name>``; the main process writes the train state as JSON,
+fsyncs the files, writes the marker (a manifest of every file, its size and its SHA-256), renames the folder
+into place, fsyncs the parent, then updates ``latest``/``best``, and only then deletes old checkpoints beyond
+``checkpoint.keep_last`` (never the newest complete one, never the best). So a checkpoint on disk is complete
+or absent, and ``latest`` never names an incomplete checkpoint (a re-save of the same step first points it at
+an older one).
+
+Loading trusts nothing in the folder: sizes and hashes are checked against the manifest first (a damaged
+checkpoint is skipped for the previous one), the harness's own state is JSON, and every pickle-based file
+(optimizer, scheduler, RNG states, DeepSpeed's) is read with ``torch.load(weights_only=True)``, forced for
+the whole load, so no file can run code. Any part that fails to load is an error naming the checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import load
 
 from harness.atomic import fsync, write_atomic
-from harness.errors import CheckpointError
+from harness.accel import any_process
+from harness.errors import CheckpointError, StorageError, one_line
 from harness.rundir import RunDir
 from harness.state import TrainState
+from harness.typed import build_typed
 
 logger = logging.getLogger(__name__)
 
 MARKER = "harness_checkpoint.json"
+STATE = "train_state.json"  # the harness's TrainState, as data
 TMP_PREFIX = ".tmp-"
 NAME = re.compile(r"step-(\d{8})")
 
@@ -49,24 +63,23 @@ def checkpoint_name(global_step: int) -> str:
 
 def save_checkpoint(accelerator: Accelerator, run: RunDir, state: TrainState, keep_last: int) -> str:
     """Save the full training state as checkpoints/step-<global_step>, atomically, then point ``latest`` (and
-    ``best``) at it and rotate. Every process must call it. Returns the checkpoint's name."""
+    ``best``) at it and rotate. Every process must call it. Returns the checkpoint's name. A save that fails
+    on any process (a full disk) fails on all of them, leaves the previous checkpoints as they were and is a
+    StorageError."""
     name = checkpoint_name(state.global_step)
     final, tmp = run.checkpoint(name), run.checkpoints / f"{TMP_PREFIX}{name}"
+    try:
+        _write_folder(accelerator, tmp, name, state)
+        failure = None
+    except Exception as error:  # OSError, torch's and safetensors' own errors for a failed write
+        failure = one_line(error)
+    if any_process(accelerator, failure is not None):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise StorageError(f"{final} could not be written ({failure or 'failed on another process'}); "
+                           f"the last checkpoint ({latest_name(run) or 'none yet'}) is intact: free space under "
+                           f"{run.checkpoints}, then --resume {run.root}")
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        for path in files:
-            fsync(tmp / path)
-        marker = {"name": name, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
-                  "global_step": state.global_step, "num_processes": accelerator.num_processes,
-                  "saved_at": time.time(), "files": files}
-        write_atomic(tmp / MARKER, json.dumps(marker, indent=2))
-        fsync(tmp)
         if final.exists():  # a re-save of the same step: latest must not name it while the two swap
             _point_latest_before(run, name)
         _swap_into_place(tmp, final)
@@ -77,6 +90,26 @@ def save_checkpoint(accelerator: Accelerator, run: RunDir, state: TrainState, ke
         rotate(run, keep_last, protect={name, state.best_checkpoint})
     accelerator.wait_for_everyone()
     return name
+
+
+def _write_folder(accelerator: Accelerator, tmp: Path, name: str, state: TrainState) -> None:
+    """Every process writes its part into ``tmp``; the main process adds the train state and the marker."""
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_atomic(tmp / STATE, json.dumps(state.state_dict()))
+        files = manifest(tmp)
+        for path in files:
+            fsync(tmp / path)
+        marker = {"name": name, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                  "global_step": state.global_step, "num_processes": accelerator.num_processes,
+                  "saved_at": time.time(), "files": files}
+        write_atomic(tmp / MARKER, json.dumps(marker, indent=2))
+        fsync(tmp)
 
 
 def _point_latest_before(run: RunDir, name: str) -> None:
@@ -127,18 +160,37 @@ def read_marker(path: Path) -> dict:
     return json.loads((path / MARKER).read_text())
 
 
-def verify(path: Path) -> str | None:
-    """None if ``path`` is a complete checkpoint; otherwise what is wrong with it."""
+def manifest(folder: Path) -> dict[str, dict]:
+    """Every file under ``folder`` with its size and SHA-256, as the marker records them."""
+    return {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify(path: Path, content: bool = False) -> str | None:
+    """None if ``path`` is a complete checkpoint; otherwise what is wrong with it. Sizes are always checked,
+    the content (SHA-256) with ``content``: before a checkpoint is loaded."""
     try:
         marker = read_marker(path)
+        files = marker["files"]
+        if not all(isinstance(entry, dict) for entry in files.values()) or STATE not in files:
+            return "written by an older version of the harness (no content hashes or train state); start over"
     except FileNotFoundError:
         return f"no {MARKER} (the save did not finish)"
-    except (OSError, ValueError) as e:
-        return f"unreadable {MARKER} ({e})"
-    for file, size in marker.get("files", {}).items():
-        actual = (path / file).stat().st_size if (path / file).is_file() else None
-        if actual != size:
-            return f"{file} is {'missing' if actual is None else f'{actual} bytes, expected {size}'}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"unreadable {MARKER} ({type(e).__name__}: {e})"
+    for file, entry in files.items():
+        target = path / file
+        if Path(file).is_absolute() or ".." in Path(file).parts or not target.is_file():
+            return f"{file} is missing"
+        if target.stat().st_size != entry.get("size"):
+            return f"{file} is {target.stat().st_size} bytes, expected {entry.get('size')}"
+        if content and sha256(target) != entry.get("sha256"):
+            return f"{file} has changed since it was saved (its SHA-256 differs from the manifest's)"
     return None
 
 
@@ -148,12 +200,13 @@ def latest_name(run: RunDir) -> str | None:
 
 
 def latest_checkpoint(run: RunDir) -> Path | None:
-    """The checkpoint named by ``latest`` if it is complete, else the newest complete one (with a warning)."""
+    """The checkpoint named by ``latest`` if it is complete and intact, else the newest one that is (with a
+    warning)."""
     pointed = latest_name(run)
-    if pointed and verify(run.checkpoint(pointed)) is None:
+    if pointed and verify(run.checkpoint(pointed), content=True) is None:
         return run.checkpoint(pointed)
     for path in reversed(step_folders(run)):
-        problem = verify(path)
+        problem = verify(path, content=True)
         if problem is None:
             logger.warning(f"{run.checkpoints / 'latest'} names {pointed or 'nothing'} that is not usable: "
                            f"falling back to {path.name}")
@@ -187,15 +240,63 @@ def read_pointer(path: Path) -> str | None:
 # Loading
 
 
+def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> None:
+    """Load every part of checkpoint ``path`` (model, optimizer, scheduler, RNG states, train state) into
+    the prepared objects and ``state``. Every process calls it; any failure is a CheckpointError."""
+    problem = verify(path, content=True)
+    if problem:
+        raise CheckpointError(f"{path}: not a usable checkpoint: {problem}")
+    try:
+        with weights_only():
+            _check_rng_states(path, accelerator.process_index)
+            accelerator.load_state(str(path))
+        saved = build_typed(TrainState, json.loads((path / STATE).read_text()), "", STATE)
+    except Exception as error:  # torch, safetensors and DeepSpeed raise their own types for damaged files
+        raise CheckpointError(f"{path}: cannot load it ({one_line(error)})") from None
+    state.load_state_dict(saved.state_dict())
+
+
+@contextmanager
+def weights_only() -> Iterator[None]:
+    """Every ``torch.load`` inside, whatever its caller asks (accelerate and DeepSpeed ask for full pickle
+    loads), admits only tensors and plain data: no file can make it run code."""
+    saved = {key: os.environ.pop(key, None) for key in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(_deepspeed_data_classes()):
+            yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+
+
+def _deepspeed_data_classes() -> list[type]:
+    """The classes DeepSpeed pickles in its optimizer states, each only numbers once loaded: the loss
+    scaler's settings, ZeRO's stage and the addresses of parameter fragments."""
+    if "deepspeed" not in sys.modules:  # imported by accelerate when the run uses DeepSpeed
+        return []
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _check_rng_states(path: Path, process_index: int) -> None:
+    """accelerate ignores an RNG-state file it cannot load; a resume that is not exact must say so instead."""
+    states = load(path / f"random_states_{process_index}.pkl")
+    missing = {"random_state", "numpy_random_seed", "torch_manual_seed"} - set(states)
+    if missing:
+        raise ValueError(f"random_states_{process_index}.pkl lacks {sorted(missing)}")
+
+
 def restore_best(accelerator: Accelerator, run: RunDir, state: TrainState) -> None:
     """Give the model the weights of the best checkpoint (unless the last epoch was the best) and keep the
-    progress in ``state``: load_state would otherwise roll it back to that checkpoint's. Every process calls it."""
+    progress in ``state``: loading would otherwise roll it back to that checkpoint's. Every process calls it."""
     if state.best_epoch == state.epoch:
         return
-    best = run.checkpoint(state.best_checkpoint)
-    problem = verify(best)
-    if problem:
-        raise CheckpointError(f"{best}: the best checkpoint is not usable: {problem}")
     progress = state.state_dict()
-    accelerator.load_state(str(best))
+    load_checkpoint(accelerator, run.checkpoint(state.best_checkpoint), state)
     state.load_state_dict(progress)

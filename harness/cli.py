@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable
@@ -9,15 +10,26 @@ from typing import Callable
 from harness.errors import UserError, user_message
 
 USER_ERROR_EXIT = 2
+# What the machine, not the harness, got wrong: a full disk or quota, a read-only, missing or forbidden place.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                      errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EIO}
 
 
 def run_cli(command: Callable[[], int]) -> int:
     try:
         return command()
     except UserError as error:
-        if os.environ.get("RANK", "0") == "0":  # every process hits the same mistake; one says it
-            print(f"error: {user_message(error)}", file=sys.stderr)
-        return USER_ERROR_EXIT
+        return _refuse(user_message(error))
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        return _refuse(f"{error.filename or ''}: {error.strerror} (check that it exists, can be written, and has space)")
     except KeyboardInterrupt:  # before or after the loop, where no checkpoint is due
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _refuse(message: str) -> int:
+    if os.environ.get("RANK", "0") == "0":  # every process hits the same mistake; one says it
+        print(f"error: {message}", file=sys.stderr)
+    return USER_ERROR_EXIT

@@ -17,6 +17,14 @@ class CheckpointError(UserError):
     """A run directory, checkpoint or weights file is missing or unusable."""
 
 
+class StorageError(UserError):
+    """A file could not be written: a full disk, a quota, a read-only or missing location."""
+
+
+class LaunchError(UserError):
+    """The processes the launcher started do not form the group a run needs."""
+
+
 class TrainingDiverged(UserError):
     """The loss or the gradients became NaN/inf; the settings (learning rate, clipping) need a change."""
 
@@ -28,3 +36,14 @@ def user_message(error: UserError) -> str:
     if "\nOriginal Traceback" in message:
         message = message.splitlines()[-1].split(": ", 1)[-1]
     return message
+
+
+def describe(error: BaseException) -> str:
+    """What summary.json records about the error that ended a run."""
+    return user_message(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (libraries write pages)."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:300]}"

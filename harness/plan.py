@@ -45,12 +45,14 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
         raise CheckpointError("--config is required to start a run (or --resume RUN_DIR to continue one)")
     cfg = load_config(args.config, args.overrides)
     cfg.data.make_paths_absolute()  # so that inference and resumes work from any directory
-    run = RunDir(Path(args.output_dir) / (args.run_name or run_name_for(cfg, args.overrides)))
-    if args.force or not run.root.exists():
+    run = RunDir(Path(args.output_dir) / checked_run_name(args.run_name or run_name_for(cfg, args.overrides)))
+    if not run.root.exists() or (run.root.is_dir() and not any(run.root.iterdir())):
         return RunPlan(cfg, run, None)
-    if not run.config.is_file():
-        raise CheckpointError(f"{run.root} exists and is not a run directory: "
+    if not run.is_run():
+        raise CheckpointError(f"{run.root} exists and is not a run directory (--force deletes only runs): "
                               "choose another --run-name or --output-dir")
+    if args.force:
+        return RunPlan(cfg, run, None)
     if args.resume == "never":
         raise CheckpointError(f"{run.root} already holds a run (--resume never): {START_OVER_HINT}")
     changed = first_difference(load_config(run.config).to_dict(), cfg.to_dict())
@@ -58,6 +60,14 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
         raise CheckpointError(f"{run.root} holds a run with another config ({changed}): --resume {run.root} "
                               f"continues it with its own config, {START_OVER_HINT}")
     return RunPlan(cfg, run, latest_checkpoint(run))  # None: it never got to a checkpoint; start over
+
+
+def checked_run_name(name: str) -> str:
+    """A run's folder name: one plain component, so that a run (and --force) stays inside --output-dir."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise CheckpointError(f"run name {name!r}: must be a plain folder name (no '/', not '.' or '..'), "
+                              "so that the run stays inside --output-dir")
+    return name
 
 
 def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:

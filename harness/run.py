@@ -13,9 +13,11 @@ from accelerate.utils import DistributedType
 
 from harness.accel import build_accelerator, leave_together, setup_logging
 from harness.build import Run, build_run
-from harness.errors import UserError, user_message
+from harness.errors import describe
+from harness.lock import RunLock
 from harness.plan import resolve_run
 from harness.signals import TrainingInterrupted
+from harness.summary import record_failure
 from harness.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -24,17 +26,29 @@ logger = logging.getLogger(__name__)
 def train(args: argparse.Namespace) -> int:
     """Run the training command; returns the process exit code."""
     setup_logging()
-    plan = resolve_run(args)
-    cfg = plan.cfg
+    first = resolve_run(args)
+    cfg = first.cfg
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.seed,
                                     cfg.train.clip_grad_norm, cfg.train.batch_size)
     setup_logging(accelerator)
     cfg.train.check_engine(deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
-    if plan.finished():
-        logger.info(f"{plan.run.root} already completed its {cfg.train.epochs} epochs: nothing to do "
-                    f"(--resume {plan.run.root} train.epochs=N trains longer, --force starts over)")
-        return 0
-    return execute(build_run(plan, accelerator), args.stop_after_epochs)
+    lock = RunLock(first.run)
+    lock.acquire(accelerator)
+    try:
+        plan = resolve_run(args)  # decided again under the lock: another training may have changed the run
+        if plan.finished():
+            logger.info(f"{plan.run.root} already completed its {cfg.train.epochs} epochs: nothing to do "
+                        f"(--resume {plan.run.root} train.epochs=N trains longer, --force starts over)")
+            return 0
+        try:
+            run = build_run(plan, accelerator)
+        except BaseException as error:  # e.g. a checkpoint that does not load: the summary must not say completed
+            if accelerator.is_main_process:
+                record_failure(plan.run, describe(error))
+            raise
+        return execute(run, args.stop_after_epochs)
+    finally:
+        lock.release()
 
 
 def execute(run: Run, stop_after_epochs: int | None = None) -> int:
@@ -53,8 +67,7 @@ def execute(run: Run, stop_after_epochs: int | None = None) -> int:
         run.summary.write(status="interrupted", reason="KeyboardInterrupt")
         raise
     except BaseException as error:
-        message = user_message(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
-        run.summary.write(status="failed", error=message)
+        run.summary.write_if_possible(status="failed", error=describe(error))
         raise
     finally:
         run.reporter.close()

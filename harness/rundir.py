@@ -37,6 +37,15 @@ class RunDir:
     def name(self) -> str:
         return self.root.name
 
+    @property
+    def lock(self) -> Path:
+        """Beside the run directory, so that deleting the directory (starting over) leaves the lock alone."""
+        return self.root.parent / f".{self.root.name}.lock"
+
+    def is_run(self) -> bool:
+        """Whether ``root`` holds a run (its config and split lists), the only kind of folder --force deletes."""
+        return self.config.is_file() and self.splits.is_dir()
+
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / name
 

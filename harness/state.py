@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
 class TrainState:
-    """Registered with ``accelerator.register_for_checkpointing``, so ``save_state``/``load_state`` carry it."""
+    """Saved in every checkpoint as ``train_state.json`` (data, never a pickle) and loaded with it."""
 
     epoch: int = 0  # epochs completed
     batch_in_epoch: int = 0  # batches of the current epoch already trained (a mid-epoch checkpoint)
     global_step: int = 0  # optimizer updates
-    best_metric: float | None = None
-    best_epoch: int | None = None  # 1-based epoch that gave best_metric
-    best_checkpoint: str | None = None  # the checkpoint saved at the end of that epoch
-    history: list[dict] = field(default_factory=list)  # one record per completed epoch
-    epoch_sums: list[float] = field(default_factory=list)  # all processes' [loss*n, correct, n] of the epoch so far
+    best_metric: Optional[float] = None
+    best_epoch: Optional[int] = None  # 1-based epoch that gave best_metric
+    best_checkpoint: Optional[str] = None  # the checkpoint saved at the end of that epoch
+    history: List[Dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
+    epoch_sums: List[float] = field(default_factory=list)  # all processes' [loss*n, correct, n] of the epoch so far
     skipped_steps: int = 0  # updates skipped for a non-finite loss (train.skip_nonfinite_steps)
     num_processes: int = 0  # how many processes trained up to this state (batch_in_epoch is per process)
     train_seconds: float = 0.0  # time spent training, over all sessions of the run
-    config: dict = field(default_factory=dict)  # the resolved config this state was trained with
+    config: Dict[str, Any] = field(default_factory=dict)  # the resolved config this state was trained with
     started_at: str = ""  # when the run's first session started
 
     def state_dict(self) -> dict[str, Any]:

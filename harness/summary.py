@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import numpy as np
 from harness.atomic import write_atomic
 from harness.rundir import RunDir
 from harness.state import TrainState
+
+logger = logging.getLogger(__name__)
 
 
 class RunSummary:
@@ -36,6 +39,13 @@ class RunSummary:
             write_atomic(self.run.summary_json, json.dumps(self.fields, indent=2, default=_plain) + "\n")
             write_atomic(self.run.summary_txt, summary_text(self.fields))
 
+    def write_if_possible(self, **fields: Any) -> None:
+        """``write``, for a run that is failing: if the disk is full too, the original error matters more."""
+        try:
+            self.write(**fields)
+        except OSError as error:
+            logger.warning(f"could not update {self.run.summary_json}: {error}")
+
     def progress(self) -> dict[str, Any]:
         state = self.state
         return {
@@ -50,6 +60,21 @@ class RunSummary:
             "session_seconds": round(time.perf_counter() - self.session_started, 3),
             "images_per_second": state.history[-1]["images_per_second"] if state.history else None,
         }
+
+
+def record_failure(run: RunDir, error: str) -> None:
+    """Mark a run's existing summary failed, for a session that failed before it could train (a checkpoint
+    that does not load): the summary of the session before must not keep saying ``completed``."""
+    try:
+        fields = json.loads(run.summary_json.read_text())
+    except (OSError, ValueError):
+        return
+    fields.update(status="failed", error=error, updated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    try:
+        write_atomic(run.summary_json, json.dumps(fields, indent=2) + "\n")
+        write_atomic(run.summary_txt, summary_text(fields))
+    except OSError as failure:
+        logger.warning(f"could not update {run.summary_json}: {failure}")
 
 
 def summary_text(summary: dict[str, Any]) -> str:

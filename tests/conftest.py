@@ -15,10 +15,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from harness.checkpoint import manifest
+
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "configs" / "digits.yaml"
-CPU_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch_configs" / "cpu.yaml"),
-              "--num_cpu_threads_per_process", "2"]
+# The README's commands, word for word (run from the repository root), with the venv's accelerate.
+ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch"]
+CPU_LAUNCH = [*ACCELERATE, "--config_file", "launch_configs/cpu.yaml"]
 # Small and deterministic: enough to exercise every part of the loop in seconds.
 FAST = ["model.kwargs.width=8", "train.deterministic=true"]
 
@@ -50,8 +53,7 @@ def run_infer(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
 
 
 PYTHON = [sys.executable]  # a launcher for a plain single-process run, signalled directly by tests
-DDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch_configs" / "cpu_ddp.yaml"),
-       "--num_cpu_threads_per_process", "1"]  # two CPU processes over gloo
+DDP = [*ACCELERATE, "--config_file", "launch_configs/cpu_ddp.yaml"]  # two CPU processes over gloo
 
 
 def rows(path: Path) -> list[dict]:
@@ -84,8 +86,9 @@ def fake_checkpoint(run, step: int, complete: bool = True) -> str:
     folder = run.checkpoint(name)
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"x" * step)
+    (folder / "train_state.json").write_text("{}")
     if complete:
-        (folder / "harness_checkpoint.json").write_text(json.dumps({"epoch": 0, "files": {"model.safetensors": step}}))
+        (folder / "harness_checkpoint.json").write_text(json.dumps({"epoch": 0, "files": manifest(folder)}))
     return name
 
 

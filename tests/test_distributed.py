@@ -37,15 +37,14 @@ def setup(env, tmp_path_factory):
         "log": {"every_n_steps": 1, "progress": False},
     }))
     out = tmp_path_factory.mktemp("runs")
-    ddp_env = {**env, "ACCELERATE_USE_CPU": "1"}
     runs = {
         "one": run_train(["--config", config, "--output-dir", out, "--run-name", "one"], env),
-        "two": run_train(["--config", config, "--output-dir", out, "--run-name", "two", "train.batch_size=32"], ddp_env,
+        "two": run_train(["--config", config, "--output-dir", out, "--run-name", "two", "train.batch_size=32"], env,
                      launcher=DDP),
         "accum": run_train(["--config", config, "--output-dir", out, "--run-name", "accum", "train.batch_size=32",
                         "train.grad_accum_steps=2"], env),
     }
-    return out, config, ddp_env, runs
+    return out, config, runs
 
 
 def lr_sequence(run):
@@ -64,7 +63,7 @@ def assert_close_weights(a, b):
 
 @pytest.mark.slow
 def test_two_processes_equal_one_with_the_global_batch(setup):
-    out, _, _, _ = setup
+    out, _, _ = setup
     assert summary(out / "two")["num_processes"] == 2 and summary(out / "two")["distributed_type"] == "MULTI_CPU"
     assert summary(out / "one")["global_step"] == summary(out / "two")["global_step"] == 6
     assert_close_weights(out / "one" / "weights" / "last.safetensors", out / "two" / "weights" / "last.safetensors")
@@ -72,14 +71,14 @@ def test_two_processes_equal_one_with_the_global_batch(setup):
 
 @pytest.mark.slow
 def test_accumulating_two_micro_batches_equals_one_batch_of_both(setup):
-    out, _, _, _ = setup
+    out, _, _ = setup
     assert summary(out / "accum")["global_step"] == 6
     assert_close_weights(out / "one" / "weights" / "last.safetensors", out / "accum" / "weights" / "last.safetensors")
 
 
 @pytest.mark.slow
 def test_learning_rate_follows_optimizer_updates_only(setup):
-    out, _, _, _ = setup
+    out, _, _ = setup
     one = lr_sequence(out / "one")
     assert [step for step, _ in one] == list(range(1, 7))
     assert one == lr_sequence(out / "two") == lr_sequence(out / "accum")
@@ -88,13 +87,13 @@ def test_learning_rate_follows_optimizer_updates_only(setup):
 
 @pytest.mark.slow
 def test_distributed_evaluation_counts_every_sample_once(setup, env, tmp_path):
-    out, _, ddp_env, _ = setup
+    out, _, _ = setup
     for split, count in (("val", 28), ("test", 36), ("train", 128)):
         predictions = rows(out / "two" / "predictions" / f"{split}.csv")
         assert len(predictions) == count and len({p["path"] for p in predictions}) == count
     # The same weights evaluated by 1 and by 2 processes: identical rows, accuracy and confusion matrix.
     run_infer(["--run", out / "one", "--out", tmp_path / "one"], env)
-    result = run_infer(["--run", out / "one", "--out", tmp_path / "two", "--batch-size", "5"], ddp_env, launcher=DDP)
+    result = run_infer(["--run", out / "one", "--out", tmp_path / "two", "--batch-size", "5"], env, launcher=DDP)
     assert rows(tmp_path / "one" / "predictions.csv") == rows(tmp_path / "two" / "predictions.csv")
     for name in ("classification_report.txt", "metrics.json"):
         one = (tmp_path / "one" / name).read_text().replace('"num_processes": 1', '"num_processes": 2')
@@ -105,7 +104,7 @@ def test_distributed_evaluation_counts_every_sample_once(setup, env, tmp_path):
 
 @pytest.mark.slow
 def test_only_the_main_process_writes(setup):
-    out, _, _, runs = setup
+    out, _, runs = setup
     two = out / "two"
     assert len(list((two / "tensorboard").iterdir())) == 1
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in (out / "one").iterdir())
@@ -120,14 +119,14 @@ def test_only_the_main_process_writes(setup):
 def test_resume_across_world_sizes_keeps_model_optimizer_and_schedule(setup, env, tmp_path, first, then):
     """One epoch with one world size, two with the other, the global batch kept at 64 (the per-process batch
     may change at an epoch boundary): the weights are those of the run that never moved."""
-    out, config, ddp_env, _ = setup
-    how = {"one": (env, CPU_LAUNCH, "train.batch_size=64", 1), "two": (ddp_env, DDP, "train.batch_size=32", 2)}
-    run_env, launcher, batch, _ = how[first]
+    out, config, _ = setup
+    how = {"one": (CPU_LAUNCH, "train.batch_size=64", 1), "two": (DDP, "train.batch_size=32", 2)}
+    launcher, batch, _ = how[first]
     run_train(["--config", config, "--output-dir", tmp_path, "--run-name", "moved", batch, "--stop-after-epochs", "1"],
-          run_env, launcher=launcher)
-    run_env, launcher, batch, processes = how[then]
-    result = run_train(["--resume", tmp_path / "moved", batch], run_env, launcher=launcher)
-    assert (f"resuming a checkpoint of {how[first][3]} process(es) with {processes}: the epoch continues "
+              env, launcher=launcher)
+    launcher, batch, processes = how[then]
+    result = run_train(["--resume", tmp_path / "moved", batch], env, launcher=launcher)
+    assert (f"resuming a checkpoint of {how[first][2]} process(es) with {processes}: the epoch continues "
             "after 0 of its 0 trained batches") in result.stdout
     s = summary(tmp_path / "moved")
     assert s["status"] == "completed" and s["epoch"] == 3 and s["num_processes"] == processes
@@ -139,10 +138,10 @@ def test_resume_across_world_sizes_keeps_model_optimizer_and_schedule(setup, env
 def test_a_mid_epoch_checkpoint_of_two_processes_continues_with_one_at_the_next_sample(setup, env, tmp_path):
     """Two processes stop after the first update of epoch 2 (a NaN at the second stops the run, the step
     checkpoint before it stays); one process continues: the epoch's 128 images are each trained once."""
-    _, config, ddp_env, _ = setup
+    _, config, _ = setup
     command = ["--config", config, "--output-dir", tmp_path, "--run-name", "moved", "train.batch_size=32",
                "checkpoint.every_n_steps=1"]
-    failed = run_train(command, {**ddp_env, "HARNESS_TRACE_BATCHES": str(tmp_path / "two"),
+    failed = run_train(command, {**env, "HARNESS_TRACE_BATCHES": str(tmp_path / "two"),
                              "HARNESS_FAULT_NAN_AT_STEP": "4"}, launcher=DDP, check=False)
     assert failed.returncode != 0 and summary(tmp_path / "moved")["status"] == "failed"
     saved = marker(pointer(tmp_path / "moved"))

@@ -131,13 +131,12 @@ def test_ddp_stopped_mid_epoch_and_at_an_epoch_end_resumes_exactly(env, tmp_path
     """As SLURM stops a job: SIGTERM to the launcher and both workers (which torchrun forwards again). Every
     rank stops at the same update, one checkpoint is saved; the resumed session stops again at the end of that
     epoch (--stop-after-epochs), and the last one finishes with the weights of an uninterrupted run."""
-    ddp_env = {**env, "ACCELERATE_USE_CPU": "1"}
-    run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "straight", *DDP_SETTINGS], ddp_env,
+    run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "straight", *DDP_SETTINGS], env,
           launcher=DDP)
     trace_file = tmp_path / "trace"
     cmd = [*DDP, str(REPO / "harness" / "train.py"), "--config", str(DIGITS), "--output-dir", str(tmp_path),
            "--run-name", "stopped", *DDP_SETTINGS]
-    process = subprocess.Popen(cmd, env=traced(ddp_env, trace_file), cwd=REPO, stdout=subprocess.PIPE,
+    process = subprocess.Popen(cmd, env=traced(env, trace_file), cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -153,10 +152,10 @@ def test_ddp_stopped_mid_epoch_and_at_an_epoch_end_resumes_exactly(env, tmp_path
     assert saved["epoch"] == 1 and 0 < saved["batch_in_epoch"] < 79 and saved["num_processes"] == 2
     assert "Connection closed by peer" not in output
 
-    again = run_train(["--resume", run, "--stop-after-epochs", "1"], ddp_env, launcher=DDP)
+    again = run_train(["--resume", run, "--stop-after-epochs", "1"], env, launcher=DDP)
     assert "resuming epoch 2 at batch" in again.stdout
     assert summary(run)["reason"] == "stopped after 1 epoch(s) (--stop-after-epochs)" and summary(run)["epoch"] == 2
-    run_train(["--resume", run], ddp_env, launcher=DDP)
+    run_train(["--resume", run], env, launcher=DDP)
     assert summary(run)["status"] == "completed"
     assert_same_weights(tmp_path / "straight" / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
     assert history_metrics(run) == history_metrics(tmp_path / "straight")

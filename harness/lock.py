@@ -1,0 +1,57 @@
+"""One training at a time per run directory: an advisory lock held for the life of the run.
+
+The lock is ``flock`` on ``<output dir>/.<run name>.lock``, beside the run directory so that starting over
+(which deletes the directory) cannot delete it. The operating system releases it when the holder exits,
+however it exits (kill -9 included), so a later ``--resume`` never finds a stale lock. The file names the
+holder (host, pid, start time) for the message a second training gets.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from harness.errors import CheckpointError
+from harness.rundir import RunDir
+
+
+class RunLock:
+    """Held by the main process; ``acquire`` is collective, so that every process refuses alike."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run, self.path = run, run.lock
+        self.fd: int | None = None
+
+    def acquire(self, accelerator: Accelerator) -> None:
+        problem = [self._try_lock() if accelerator.is_main_process else None]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(problem)
+        if problem[0]:
+            raise CheckpointError(problem[0])
+
+    def _try_lock(self) -> str | None:
+        """None once locked, else why not."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            return (f"{self.run.root} is in use by another training ({holder}); "
+                    "wait for it to end, or use another --run-name")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, started "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self.fd = fd
+        return None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
