@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from harness.accel import environment, log_to_file, size_deepspeed_buckets
 from harness.builtin import data_root
-from harness.checkpoint import clean_temporary, load_checkpoint
+from harness.checkpoint import clean_temporary
 from harness.config import Config
 from harness.data import (DataSplits, ImageListDataset, build_loader, build_transform, discover_splits,
                           eval_loader)
@@ -31,6 +31,7 @@ from harness.models import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler
 from harness.plan import RunPlan
 from harness.reporting import Reporter
+from harness.restore import load_checkpoint
 from harness.rundir import RunDir
 from harness.state import TrainState
 from harness.summary import RunSummary

@@ -14,10 +14,7 @@ into place, fsyncs the parent, then updates ``latest``/``best``, and only then d
 or absent, and ``latest`` never names an incomplete checkpoint (a re-save of the same step first points it at
 an older one).
 
-Loading trusts nothing in the folder: sizes and hashes are checked against the manifest first (a damaged
-checkpoint is skipped for the previous one), the harness's own state is JSON, and every pickle-based file
-(optimizer, scheduler, RNG states, DeepSpeed's) is read with ``torch.load(weights_only=True)``, forced for
-the whole load, so no file can run code. Any part that fails to load is an error naming the checkpoint.
+Loading one back is ``harness.restore``.
 """
 
 from __future__ import annotations
@@ -28,22 +25,16 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-import torch
 from accelerate import Accelerator
-from accelerate.utils import load
 
-from harness.atomic import fsync, write_atomic
 from harness.accel import any_process
-from harness.errors import CheckpointError, StorageError, one_line
+from harness.atomic import fsync, write_atomic
+from harness.errors import StorageError, one_line
 from harness.rundir import RunDir
 from harness.state import TrainState
-from harness.typed import build_typed
 
 logger = logging.getLogger(__name__)
 
@@ -234,69 +225,3 @@ def read_pointer(path: Path) -> str | None:
     except OSError:
         return None
     return name if NAME.fullmatch(name) else None
-
-
-# ----------------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> None:
-    """Load every part of checkpoint ``path`` (model, optimizer, scheduler, RNG states, train state) into
-    the prepared objects and ``state``. Every process calls it; any failure is a CheckpointError."""
-    problem = verify(path, content=True)
-    if problem:
-        raise CheckpointError(f"{path}: not a usable checkpoint: {problem}")
-    try:
-        with weights_only():
-            _check_rng_states(path, accelerator.process_index)
-            accelerator.load_state(str(path))
-        saved = build_typed(TrainState, json.loads((path / STATE).read_text()), "", STATE)
-    except Exception as error:  # torch, safetensors and DeepSpeed raise their own types for damaged files
-        raise CheckpointError(f"{path}: cannot load it ({one_line(error)})") from None
-    state.load_state_dict(saved.state_dict())
-
-
-@contextmanager
-def weights_only() -> Iterator[None]:
-    """Every ``torch.load`` inside, whatever its caller asks (accelerate and DeepSpeed ask for full pickle
-    loads), admits only tensors and plain data: no file can make it run code."""
-    saved = {key: os.environ.pop(key, None) for key in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals(_deepspeed_data_classes()):
-            yield
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None)
-            if value is not None:
-                os.environ[key] = value
-
-
-def _deepspeed_data_classes() -> list[type]:
-    """The classes DeepSpeed pickles in its optimizer states, each only numbers once loaded: the loss
-    scaler's settings, ZeRO's stage and the addresses of parameter fragments."""
-    if "deepspeed" not in sys.modules:  # imported by accelerate when the run uses DeepSpeed
-        return []
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
-def _check_rng_states(path: Path, process_index: int) -> None:
-    """accelerate ignores an RNG-state file it cannot load; a resume that is not exact must say so instead."""
-    states = load(path / f"random_states_{process_index}.pkl")
-    missing = {"random_state", "numpy_random_seed", "torch_manual_seed"} - set(states)
-    if missing:
-        raise ValueError(f"random_states_{process_index}.pkl lacks {sorted(missing)}")
-
-
-def restore_best(accelerator: Accelerator, run: RunDir, state: TrainState) -> None:
-    """Give the model the weights of the best checkpoint (unless the last epoch was the best) and keep the
-    progress in ``state``: loading would otherwise roll it back to that checkpoint's. Every process calls it."""
-    if state.best_epoch == state.epoch:
-        return
-    progress = state.state_dict()
-    load_checkpoint(accelerator, run.checkpoint(state.best_checkpoint), state)
-    state.load_state_dict(progress)

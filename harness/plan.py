@@ -78,7 +78,7 @@ def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:
         if name is None:
             raise CheckpointError(f"--resume {path}: does not name a checkpoint")
         path = path.parent / name
-    if (path / "config.yaml").is_file():
+    if RunDir(path).is_run():
         run = RunDir(path)
         found = latest_checkpoint(run)
         if found is None:

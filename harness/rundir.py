@@ -43,8 +43,8 @@ class RunDir:
         return self.root.parent / f".{self.root.name}.lock"
 
     def is_run(self) -> bool:
-        """Whether ``root`` holds a run (its config and split lists), the only kind of folder --force deletes."""
-        return self.config.is_file() and self.splits.is_dir()
+        """Whether ``root`` holds a run (its config.yaml): the only kind of folder --force deletes."""
+        return self.config.is_file()
 
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / name

@@ -17,13 +17,14 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.build import Run
-from harness.checkpoint import checkpoint_name, latest_name, restore_best, save_checkpoint
+from harness.checkpoint import checkpoint_name, latest_name, save_checkpoint
 from harness.epoch import EpochMeter, TrainedEpoch, epoch_record
 from harness.errors import TrainingDiverged
 from harness.evaluation import evaluate, input_dtype
 from harness.metrics import Predictions
 from harness.probes import LoopProbes
 from harness.reporting import plot_curves, write_split_outputs
+from harness.restore import restore_best
 from harness.signals import StopRequest, TrainingInterrupted
 from harness.weights import copy_weights, export_weights
 

@@ -70,7 +70,7 @@ def test_explicit_resume_of_a_broken_checkpoint_names_it(tmp_path):
     assert resolve_checkpoint(tmp_path) == (run, run.checkpoint(good))
 
 
-class Crash(Exception):
+class Crash(BaseException):
     """Stands for a kill -9: whatever the save was about to do next never happens."""
 
 

@@ -60,8 +60,14 @@ def test_refusals_name_the_reason_and_the_way_out(tmp_path):
     with pytest.raises(CheckpointError, match=r"already holds a run \(--resume never\): --run-name NAME"):
         plan("--config", DIGITS, "--output-dir", tmp_path, "--resume", "never")
     (tmp_path / "other").mkdir()
-    with pytest.raises(CheckpointError, match="other exists and is not a run directory"):
-        plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "other")
+    assert plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "other").resume_from is None  # empty
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    for force in ([], ["--force"]):  # --force deletes only run directories
+        with pytest.raises(CheckpointError, match="other exists and is not a run directory"):
+            plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "other", *force)
+    for name in ("../victim", "a/b", "..", "."):  # a run stays inside --output-dir
+        with pytest.raises(CheckpointError, match="must be a plain folder name"):
+            plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", name, "--force")
     with pytest.raises(CheckpointError, match="--config is required to start a run"):
         plan("--output-dir", tmp_path)
     forced = plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "digits", "optim.lr=0.1", "--force")

@@ -1,0 +1,91 @@
+"""Loading a checkpoint back, trusting nothing in its folder.
+
+Sizes and SHA-256 hashes are checked against the manifest first (``latest_checkpoint`` skips a damaged
+checkpoint for the previous one), the harness's own state is JSON, and every pickle-based file (optimizer,
+scheduler, RNG states, DeepSpeed's) is read with ``torch.load(weights_only=True)``, forced for the whole load
+whatever accelerate or DeepSpeed ask for, so no file can run code. A part that fails to load is an error
+naming the checkpoint, never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import load
+
+from harness.checkpoint import STATE, verify
+from harness.errors import CheckpointError, one_line
+from harness.rundir import RunDir
+from harness.state import TrainState
+from harness.typed import build_typed
+
+
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> None:
+    """Load every part of checkpoint ``path`` (model, optimizer, scheduler, RNG states, train state) into
+    the prepared objects and ``state``. Every process calls it; any failure is a CheckpointError."""
+    problem = verify(path, content=True)
+    if problem:
+        raise CheckpointError(f"{path}: not a usable checkpoint: {problem}")
+    try:
+        with weights_only():
+            _check_rng_states(path, accelerator.process_index)
+            accelerator.load_state(str(path))
+        saved = build_typed(TrainState, json.loads((path / STATE).read_text()), "", STATE)
+    except Exception as error:  # torch, safetensors and DeepSpeed raise their own types for damaged files
+        raise CheckpointError(f"{path}: cannot load it ({one_line(error)})") from None
+    state.load_state_dict(saved.state_dict())
+
+
+@contextmanager
+def weights_only() -> Iterator[None]:
+    """Every ``torch.load`` inside, whatever its caller asks (accelerate and DeepSpeed ask for full pickle
+    loads), admits only tensors and plain data: no file can make it run code."""
+    saved = {key: os.environ.pop(key, None) for key in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(_deepspeed_data_classes()):
+            yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+
+
+def _deepspeed_data_classes() -> list[type]:
+    """The classes DeepSpeed pickles in its optimizer states, each only numbers once loaded: the loss
+    scaler's settings, ZeRO's stage and the addresses of parameter fragments."""
+    if "deepspeed" not in sys.modules:  # imported by accelerate when the run uses DeepSpeed
+        return []
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _check_rng_states(path: Path, process_index: int) -> None:
+    """accelerate ignores an RNG-state file it cannot load; a resume that is not exact must say so instead."""
+    states = load(path / f"random_states_{process_index}.pkl")
+    missing = {"random_state", "numpy_random_seed", "torch_manual_seed"} - set(states)
+    if missing:
+        raise ValueError(f"random_states_{process_index}.pkl lacks {sorted(missing)}")
+
+
+def restore_best(accelerator: Accelerator, run: RunDir, state: TrainState) -> None:
+    """Give the model the weights of the best checkpoint (unless the last epoch was the best) and keep the
+    progress in ``state``: loading would otherwise roll it back to that checkpoint's. Every process calls it."""
+    if state.best_epoch == state.epoch:
+        return
+    progress = state.state_dict()
+    load_checkpoint(accelerator, run.checkpoint(state.best_checkpoint), state)
+    state.load_state_dict(progress)
