@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Callable, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs, get_int_from_env
+from accelerate.utils import (DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs, broadcast_object_list,
+                               get_int_from_env)
 from torch import nn
 
-from harness.errors import LaunchError
+from harness.errors import LaunchError, UserError
 from harness.models import num_parameters
+
+T = TypeVar("T")
 
 # DeepSpeed's own defaults for its communication buffers, in elements
 DEEPSPEED_BUCKETS = {"reduce_bucket_size": 500_000_000, "allgather_bucket_size": 500_000_000,
@@ -88,6 +92,24 @@ def size_deepspeed_buckets(accelerator: Accelerator, model: nn.Module) -> None:
     for key, default in DEEPSPEED_BUCKETS.items():
         if zero.get(key, "auto") == "auto":
             zero[key] = min(default, parameters)
+
+
+def on_main(accelerator: Accelerator, compute: Callable[[], T]) -> T:
+    """``compute()`` on the main process only; every process gets its result (the same object), or raises
+    the UserError it raised. For decisions that must be identical everywhere (the data, the run lock)."""
+    if accelerator.num_processes == 1:
+        return compute()
+    box: list = [None]
+    if accelerator.is_main_process:
+        try:
+            box = [(compute(), None)]
+        except UserError as error:
+            box = [(None, error)]
+    broadcast_object_list(box)
+    result, error = box[0]
+    if error is not None:
+        raise error
+    return result
 
 
 def any_process(accelerator: Accelerator, flag: bool) -> bool:

@@ -20,12 +20,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from harness.accel import environment, log_to_file, size_deepspeed_buckets
+from harness.accel import environment, log_to_file, on_main, size_deepspeed_buckets
 from harness.builtin import data_root
 from harness.checkpoint import clean_temporary
 from harness.config import Config
-from harness.data import (DataSplits, ImageListDataset, build_loader, build_transform, discover_splits,
-                          eval_loader)
+from harness.data import ImageListDataset, build_loader, build_transform, eval_loader
 from harness.evaluation import match_buffers_to_params
 from harness.models import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler
@@ -33,6 +32,7 @@ from harness.plan import RunPlan
 from harness.reporting import Reporter
 from harness.restore import load_checkpoint
 from harness.rundir import RunDir
+from harness.splits import DataSplits, discover_splits
 from harness.state import TrainState
 from harness.summary import RunSummary
 from harness.weights import weights_metadata
@@ -65,7 +65,10 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
     with accelerator.main_process_first():  # materialise built-in data once
         root = data_root(cfg.data)
-    splits = DataSplits.load(rundir.splits, root) if plan.resume_from else discover_splits(cfg.data, root)
+    if plan.resume_from:
+        splits = DataSplits.load(rundir.splits, root)
+    else:  # found and checked once, so that every process trains on exactly the same images
+        splits = on_main(accelerator, lambda: discover_splits(cfg.data, root))
     train_loader, eval_loaders = build_loaders(cfg, splits)
     model = build_model(cfg.model, len(splits.classes))
     optimizer = build_optimizer(cfg.optim, model)
@@ -77,6 +80,9 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
                 f"device {env['device']}, mixed precision {env['mixed_precision']})")
     logger.info(f"data {root}: {len(splits.classes)} classes, "
                 + ", ".join(f"{split} {len(samples)}" for split, samples in splits.splits.items()))
+    notes = splits.notes + cfg.notes()
+    for note in notes:
+        logger.warning(note)
 
     # Loaders first: the schedule is defined in optimizer updates, which depend on the per-process loader length.
     train_loader, *prepared_eval = accelerator.prepare(train_loader, *eval_loaders.values())
@@ -97,6 +103,7 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
         "resumed_from": str(plan.resume_from) if plan.resume_from else None, **env,
         "num_parameters": num_parameters(accelerator.unwrap_model(model)), "num_classes": len(splits.classes),
         "images": {split: len(samples) for split, samples in splits.splits.items()},
+        "skipped_images": len(splits.skipped), "warnings": notes,
     }
     return Run(
         accelerator, cfg, rundir, splits, train_loader, eval_loaders, model, optimizer, scheduler, criterion, state,
@@ -108,7 +115,7 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
 def build_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[str, DataLoader]]:
     """The shuffled, augmented train loader, and one unshuffled, unaugmented loader per split."""
     train_set = ImageListDataset(splits.root, splits.splits["train"], build_transform(cfg.data, train=True),
-                                 augment_seed=cfg.train.seed)
+                                 augment_seed=cfg.train.seed, max_pixels=cfg.data.max_image_pixels)
     train_loader = build_loader(train_set, cfg.train.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                                 seed=cfg.train.seed)
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from harness.config import DataConfig
-from harness.data import stratified_split
+from harness.splits import stratified_split
 
 DIGITS_VERSION = "digits-v1"
 DIGITS_SIZE = 32

@@ -94,6 +94,8 @@ class DataConfig(Section):
     std: List[float] = rule(check=count(3, " (R, G, B)"), factory=lambda: list(IMAGENET_STD))
     augmentations: List[Any] = field(default_factory=lambda: ["hflip"])  # names or {name: ..., <kwargs>}
     num_workers: int = rule(2, at_least(0))
+    on_bad_image: Literal["error", "skip"] = "error"  # an unreadable image: stop naming them all, or leave them out
+    max_image_pixels: Optional[int] = rule(89_478_485, at_least(1))  # larger images are bad (decompression bombs)
 
     def check_together(self) -> None:
         if (self.builtin is None) == (self.root is None):
@@ -205,6 +207,14 @@ class Config:
                 except InvalidValue as error:
                     key = f"{spec.name}.{error.key}" if error.key else spec.name
                     raise ConfigError(f"{source}: {key}: {error}") from None
+
+    def notes(self) -> list[str]:
+        """What the config allows but is probably not meant: the log and the summary warn about it."""
+        notes = []
+        if self.scheduler.name != "onecycle" and self.scheduler.warmup_epochs >= self.train.epochs:
+            notes.append(f"scheduler.warmup_epochs ({self.scheduler.warmup_epochs:g}) is not shorter than "
+                         f"train.epochs ({self.train.epochs}): the learning rate never reaches optim.lr")
+        return notes
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

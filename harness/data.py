@@ -1,141 +1,25 @@
-"""Datasets, splits, transforms and loaders.
+"""Transforms, the dataset and the loaders over a split (``harness.splits`` finds the splits).
 
-Every split is a list of ``(relative path, class index)`` under one data root. The lists are found once
-(``discover_splits``), saved in the run directory, and read back by inference, so a run's test set never
-changes after training. Random augmentations are seeded per sample from ``(seed, epoch, index)``: what a
+Random augmentations are seeded per sample from ``(seed, epoch, index)``: what a
 sample looks like does not depend on the worker, the process count or a resume.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from harness.atomic import atomic_path, write_atomic
 from harness.config import DataConfig
-from harness.errors import ConfigError, DataError
-
-SPLITS = ("train", "val", "test")
-Samples = list[tuple[str, int]]
-
-
-@dataclass
-class DataSplits:
-    root: Path
-    classes: list[str]
-    splits: dict[str, Samples]  # split name -> (path relative to root, class index)
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / "classes.txt", "".join(f"{name}\n" for name in self.classes))
-        for split, samples in self.splits.items():
-            with atomic_path(folder / f"{split}.csv") as tmp, open(tmp, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["path", "label"])
-                writer.writerows((path, self.classes[label]) for path, label in samples)
-
-    def class_counts(self, split: str) -> list[int]:
-        """Images per class in ``split``, in class order."""
-        counts = [0] * len(self.classes)
-        for _, label in self.splits[split]:
-            counts[label] += 1
-        return counts
-
-    @classmethod
-    def load(cls, folder: Path, root: Path) -> "DataSplits":
-        """Read the class list and the split lists a run saved."""
-        if not (folder / "classes.txt").is_file():
-            raise DataError(f"{folder}: no classes.txt: not the splits folder of a run")
-        classes = (folder / "classes.txt").read_text().splitlines()
-        index = {name: i for i, name in enumerate(classes)}
-        splits = {}
-        for split in SPLITS:
-            path = folder / f"{split}.csv"
-            if not path.exists():
-                continue
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-            unknown = {r["label"] for r in rows} - index.keys()
-            if unknown:
-                raise DataError(f"{path}: labels {sorted(unknown)} are not classes of this run")
-            splits[split] = [(r["path"], index[r["label"]]) for r in rows]
-        return cls(Path(root), classes, splits)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Finding the splits
-
-
-def discover_splits(cfg: DataConfig, root: Path) -> DataSplits:
-    """root/{train,val,test}/<class>/* where present; a missing val or test split is carved out of the
-    train pool (root/train, or root itself when it has no train/ folder), stratified by class."""
-    if not root.is_dir():
-        raise DataError(f"data.root: {root} is not a folder")
-    present = [s for s in SPLITS if (root / s).is_dir()]
-    if present and "train" not in present:
-        raise DataError(f"{root}: has {'/, '.join(present)}/ but no train/ folder")
-    pool_dir = root / "train" if present else root
-    classes, pool = _scan(pool_dir, root)
-    splits = {"train": pool}
-    for split in ("val", "test"):
-        if split in present:
-            split_classes, samples = _scan(root / split, root)
-            if split_classes != classes:
-                missing, extra = sorted(set(classes) - set(split_classes)), sorted(set(split_classes) - set(classes))
-                raise DataError(
-                    f"{root / split}: classes differ from {pool_dir}: missing {missing}, extra {extra}"
-                )
-            splits[split] = samples
-    carve = {s: getattr(cfg, f"{s}_fraction") for s in ("test", "val") if s not in present}
-    if carve:
-        carved = stratified_split(pool, carve, seed=cfg.split_seed)
-        splits.update(carved)
-    if not splits["val"]:
-        raise DataError(f"{root}: no validation images: add a val/ folder or set data.val_fraction above 0")
-    if not splits["train"]:
-        raise DataError(f"{root}: no training images left after the val/test split")
-    return DataSplits(root, classes, {s: splits[s] for s in SPLITS if splits.get(s)})
-
-
-def stratified_split(samples: Samples, fractions: dict[str, float], seed: int) -> dict[str, Samples]:
-    """Split ``samples`` per class: each named split gets round(fraction * class size) of every class, the
-    rest stays in ``train``. Depends only on ``seed`` and the sample list."""
-    rng = random.Random(seed)
-    by_class: dict[int, Samples] = {}
-    for sample in samples:
-        by_class.setdefault(sample[1], []).append(sample)
-    out: dict[str, Samples] = {"train": [], **{name: [] for name in fractions}}
-    for label in sorted(by_class):
-        members = sorted(by_class[label])
-        rng.shuffle(members)
-        start = 0
-        for name, fraction in fractions.items():
-            count = int(round(fraction * len(members)))
-            out[name] += members[start : start + count]
-            start += count
-        out["train"] += members[start:]
-    return {name: sorted(split) for name, split in out.items()}
-
-
-def _scan(folder: Path, root: Path) -> tuple[list[str], Samples]:
-    try:
-        classes, class_to_idx = find_classes(str(folder))
-        found = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as e:
-        raise DataError(f"{folder}: {e}") from None
-    return classes, [(str(Path(path).relative_to(root)), label) for path, label in found]
-
+from harness.errors import ConfigError
+from harness.images import load_image
+from harness.splits import Samples
 
 # ----------------------------------------------------------------------------------------------------
 # Transforms
@@ -191,15 +75,6 @@ def _augmentation_spec(spec, key: str) -> tuple[str, dict]:
 # Dataset and loaders
 
 
-def load_image(path: Path) -> Image.Image:
-    """Any PIL-readable image as RGB (grayscale, RGBA, palette and CMYK files included)."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from None
-
-
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 0x9E3779B1 + epoch * 0x85EBCA77 + index * 0xC2B2AE3D) % (2**63)
 
@@ -210,11 +85,13 @@ class ImageListDataset(Dataset):
     With ``augment_seed`` set, each sample's random transform is seeded from (seed, epoch, index) inside a
     forked RNG, so augmentation is reproducible and leaves the caller's RNG untouched."""
 
-    def __init__(self, root: Path, samples: Samples, transform: Callable, augment_seed: int | None = None):
+    def __init__(self, root: Path, samples: Samples, transform: Callable, augment_seed: int | None = None,
+                 max_pixels: int | None = None):
         self.root = Path(root)
         self.samples = samples
         self.transform = transform
         self.augment_seed = augment_seed
+        self.max_pixels = max_pixels
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:  # called by the trainer at the start of every epoch
@@ -228,7 +105,7 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        image = load_image(self.root / path)
+        image = load_image(self.root / path, self.max_pixels)
         if self.augment_seed is None:
             return self.transform(image), label, index
         with torch.random.fork_rng(devices=[]):
@@ -260,5 +137,5 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: 
 
 def eval_loader(cfg: DataConfig, root: Path, samples: Samples, batch_size: int, seed: int) -> DataLoader:
     """An unshuffled, unaugmented loader over ``samples``: validation, the final test and inference."""
-    dataset = ImageListDataset(root, samples, build_transform(cfg, train=False))
+    dataset = ImageListDataset(root, samples, build_transform(cfg, train=False), max_pixels=cfg.max_image_pixels)
     return build_loader(dataset, batch_size, shuffle=False, num_workers=cfg.num_workers, seed=seed)

@@ -14,8 +14,8 @@ import socket
 import time
 
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 
+from harness.accel import on_main
 from harness.errors import CheckpointError
 from harness.rundir import RunDir
 
@@ -28,14 +28,9 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self, accelerator: Accelerator) -> None:
-        problem = [self._try_lock() if accelerator.is_main_process else None]
-        if accelerator.num_processes > 1:
-            broadcast_object_list(problem)
-        if problem[0]:
-            raise CheckpointError(problem[0])
+        on_main(accelerator, self._lock)
 
-    def _try_lock(self) -> str | None:
-        """None once locked, else why not."""
+    def _lock(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -43,13 +38,12 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            return (f"{self.run.root} is in use by another training ({holder}); "
-                    "wait for it to end, or use another --run-name")
+            raise CheckpointError(f"{self.run.root} is in use by another training ({holder}); "
+                                  "wait for it to end, or use another --run-name") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, started "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
         self.fd = fd
-        return None
 
     def release(self) -> None:
         if self.fd is not None:

@@ -14,13 +14,15 @@ from harness.accel import build_accelerator, leave_together, setup_logging
 from harness.atomic import write_atomic
 from harness.builtin import data_root
 from harness.config import Config, ModelConfig, load_config
-from harness.data import IMG_EXTENSIONS, DataSplits, Samples, eval_loader
+from harness.data import eval_loader
 from harness.errors import CheckpointError, DataError
 from harness.evaluation import evaluate
+from harness.images import IMG_EXTENSIONS
 from harness.metrics import Predictions
 from harness.models import build_model
 from harness.reporting import write_split_outputs
 from harness.rundir import RunDir
+from harness.splits import DataSplits, Samples
 from harness.weights import load_weights
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,9 @@ from PIL import Image
 
 from harness.builtin import builtin_root
 from harness.config import DataConfig
-from harness.data import DataSplits, ImageListDataset, build_transform, discover_splits, load_image
+from harness.data import ImageListDataset, build_transform
+from harness.images import load_image
+from harness.splits import DataSplits, discover_splits
 from harness.errors import ConfigError, DataError
 
 from conftest import make_image_folder
@@ -92,7 +94,7 @@ def test_transforms_resize_normalise_and_augment_train_only():
 
 
 def test_augmentation_is_seeded_per_sample_and_leaves_global_rng_alone(tmp_path):
-    root = make_image_folder(tmp_path / "data", classes=1, per_class=4, size=24)
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=24)
     cfg = DataConfig(root=str(root), image_size=24,
                      augmentations=["hflip", {"name": "random_crop", "padding": 4}, "color_jitter"])
     samples = discover_splits(DataConfig(root=str(root), val_fraction=0.25, test_fraction=0.0), root).splits["train"]

@@ -1,0 +1,162 @@
+"""Image files: finding them under a folder (the link policy), reading any of them as RGB, checking them once.
+
+Links: a link is followed wherever it points, but a folder is never entered twice (a link loop, or a link to
+a folder that holds the data root, is skipped) and a file is never taken twice (two links to one image would
+put it in two splits). Links that leave the data root are followed and counted; every skip is counted. Hidden
+files and folders (``.name``: ``.DS_Store``, macOS ``._x.jpg``) are not images and are skipped.
+
+Reading: 16-bit and 32-bit integer images (``I;16``, ``I``) are scaled by 1/257 to 0-255, float images
+(``F``) are taken as 0-1; every other mode goes through PIL's RGB conversion. An image larger than
+``data.max_image_pixels`` is refused from its header, before it is decoded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from harness.errors import DataError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+Image.MAX_IMAGE_PIXELS = None  # the harness applies its own limit, data.max_image_pixels, with a clear message
+PROGRESS_FROM = 2000  # images: a progress bar for the check from this many on
+
+
+@dataclass
+class Found:
+    """What a search for images has taken and skipped so far, across all the folders it was given."""
+
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    outside: int = 0  # links followed out of the data root
+    taken: set = field(default_factory=set)  # real paths of the files taken
+    entered: set = field(default_factory=set)  # real paths of the folders walked
+
+
+def find_images(folder: Path, root: Path, found: Found) -> tuple[list[str], list[tuple[str, str]]]:
+    """The class folders of ``folder`` (sorted) and the images under them as (class, path relative to
+    ``root``), by the link policy. ``found`` remembers what was taken, so that another split's folder cannot
+    take the same images again."""
+    classes: list[str] = []
+    files: list[tuple[str, str]] = []
+    real_root = Path(os.path.realpath(root))
+    for entry in _entries(folder):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if _enter(Path(entry.path), real_root, found):
+            classes.append(entry.name)
+            _walk(Path(entry.path), entry.name, (root, real_root), found, files)
+    return classes, files
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda e: e.name)
+
+
+def _enter(folder: Path, real_root: Path, found: Found) -> bool:
+    """Whether to walk ``folder``: not when it was walked before or holds the data root (a loop)."""
+    real = os.path.realpath(folder)
+    if real in found.entered or real_root.is_relative_to(real):
+        found.skipped["link to a folder already read (a loop or a second path)"] += 1
+        return False
+    found.entered.add(real)
+    if folder.is_symlink() and not Path(real).is_relative_to(real_root):
+        found.outside += 1
+    return True
+
+
+def _walk(folder: Path, label: str, roots: tuple[Path, Path], found: Found, files: list) -> None:
+    root, real_root = roots
+    for entry in _entries(folder):
+        path = Path(entry.path)
+        if entry.name.startswith("."):
+            found.skipped["hidden file or folder"] += 1
+        elif entry.is_dir():
+            if _enter(path, real_root, found):
+                _walk(path, label, roots, found, files)
+        elif not entry.is_file():
+            if entry.is_symlink():
+                found.skipped["broken link"] += 1
+        elif path.suffix.lower() in IMG_EXTENSIONS:
+            real = os.path.realpath(path)
+            if real in found.taken:
+                found.skipped["second path to an image already taken"] += 1
+                continue
+            found.taken.add(real)
+            if entry.is_symlink() and not Path(real).is_relative_to(real_root):
+                found.outside += 1
+            files.append((label, str(path.relative_to(root))))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+
+
+def load_image(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """Any PIL-readable image as 8-bit RGB; a DataError naming the file if it cannot be."""
+    try:
+        with Image.open(path) as img:
+            _check_size(img, max_pixels)
+            return to_rgb(img)
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, struct.error... for broken files
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+
+
+def _check_size(img: Image.Image, max_pixels: int | None) -> None:
+    width, height = img.size
+    if max_pixels and width * height > max_pixels:
+        raise DataError(f"{img.filename}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above "
+                        f"data.max_image_pixels ({max_pixels}): raise it, or shrink the image")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        pixels = np.asarray(img, dtype=np.float64) / 257.0
+    elif img.mode == "F":
+        pixels = np.asarray(img, dtype=np.float64) * 255.0
+    else:
+        return img.convert("RGB")
+    gray = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checking every file once
+
+
+def bad_images(root: Path, paths: list[str], max_pixels: int | None) -> dict[str, str]:
+    """The files under ``root`` that cannot be read (path -> why), checked in parallel threads: the header,
+    the size limit, then a decode (at reduced scale for JPEG, which still reads the whole file)."""
+    workers = min(16, (os.cpu_count() or 1) * 2)
+    bar = tqdm(total=len(paths), desc="checking images", unit="img", leave=False,
+               disable=len(paths) < PROGRESS_FROM or not sys.stderr.isatty())
+    with ThreadPoolExecutor(workers) as pool, bar:
+        problems = {}
+        for path, problem in zip(paths, pool.map(lambda p: _problem(root / p, max_pixels), paths, chunksize=64)):
+            bar.update()
+            if problem:
+                problems[path] = problem
+    return problems
+
+
+def _problem(path: Path, max_pixels: int | None) -> str | None:
+    try:
+        with Image.open(path) as img:
+            _check_size(img, max_pixels)
+            img.draft("RGB", (img.size[0] // 8, img.size[1] // 8))
+            img.load()
+    except DataError as e:
+        return str(e).split(": ", 1)[1]
+    except Exception as e:  # noqa: BLE001 - every way a file can fail to decode is a bad image
+        return f"{type(e).__name__}: {e}"
+    return None

@@ -1,0 +1,175 @@
+"""The splits of a data set: which images are train, val and test, found once and kept.
+
+Every split is a list of ``(relative path, class index)`` under one data root. The lists are found once
+(``discover_splits``: the link policy and the image checks of ``harness.images``, then a stratified split),
+saved in the run directory, and read back by a resume and by inference, so a run's test set never changes
+after training.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.atomic import atomic_path, write_atomic
+from harness.config import DataConfig
+from harness.errors import DataError
+from harness.images import Found, bad_images, find_images
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+Samples = list[tuple[str, int]]
+
+
+@dataclass
+class DataSplits:
+    root: Path
+    classes: list[str]
+    splits: dict[str, Samples]  # split name -> (path relative to root, class index)
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable images left out (data.on_bad_image: skip)
+    notes: list[str] = field(default_factory=list)  # what the log and the summary warn about the data
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / "classes.txt", "".join(f"{name}\n" for name in self.classes))
+        for split, samples in self.splits.items():
+            _write_csv(folder / f"{split}.csv", ["path", "label"],
+                       [(path, self.classes[label]) for path, label in samples])
+        if self.skipped:
+            _write_csv(folder / "skipped_images.csv", ["path", "problem"], sorted(self.skipped.items()))
+
+    def class_counts(self, split: str) -> list[int]:
+        """Images per class in ``split``, in class order."""
+        counts = [0] * len(self.classes)
+        for _, label in self.splits[split]:
+            counts[label] += 1
+        return counts
+
+    @classmethod
+    def load(cls, folder: Path, root: Path) -> "DataSplits":
+        """Read the class list and the split lists a run saved."""
+        if not (folder / "classes.txt").is_file():
+            raise DataError(f"{folder}: no classes.txt: not the splits folder of a run")
+        classes = (folder / "classes.txt").read_text().splitlines()
+        index = {name: i for i, name in enumerate(classes)}
+        splits = {}
+        for split in SPLITS:
+            path = folder / f"{split}.csv"
+            if not path.exists():
+                continue
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            unknown = {r["label"] for r in rows} - index.keys()
+            if unknown:
+                raise DataError(f"{path}: labels {sorted(unknown)} are not classes of this run")
+            splits[split] = [(r["path"], index[r["label"]]) for r in rows]
+        skipped = {}
+        if (folder / "skipped_images.csv").is_file():
+            with open(folder / "skipped_images.csv", newline="") as f:
+                skipped = {r["path"]: r["problem"] for r in csv.DictReader(f)}
+        return cls(Path(root), classes, splits, skipped)
+
+
+def _write_csv(path: Path, header: list[str], rows: list) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Finding the splits
+
+
+def discover_splits(cfg: DataConfig, root: Path) -> DataSplits:
+    """root/{train,val,test}/<class>/* where present; a missing val or test split is carved out of the
+    train pool (root/train, or root itself when it has no train/ folder), stratified by class. Every image is
+    checked first (``data.on_bad_image``); what cannot be trained is refused, what is odd is noted."""
+    if not root.is_dir():
+        raise DataError(f"data.root: {root} is not a folder")
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if present and "train" not in present:
+        raise DataError(f"{root}: has {'/, '.join(present)}/ but no train/ folder")
+    pool_dir = root / "train" if present else root
+    found = Found()
+    classes, pool = find_images(pool_dir, root, found)
+    if len(classes) < 2:
+        raise DataError(f"{pool_dir}: {len(classes)} class folder(s) {classes}: classification needs at least two")
+    named = {"train": pool}
+    for split in ("val", "test"):
+        if split in present:
+            split_classes, named[split] = find_images(root / split, root, found)
+            if split_classes != classes:
+                missing, extra = sorted(set(classes) - set(split_classes)), sorted(set(split_classes) - set(classes))
+                raise DataError(f"{root / split}: classes differ from {pool_dir}: missing {missing}, extra {extra}")
+    index = {name: i for i, name in enumerate(classes)}
+    skipped = _leave_out_bad_images(cfg, root, named)
+    splits = {split: [(path, index[label]) for label, path in files] for split, files in named.items()}
+    carve = {s: getattr(cfg, f"{s}_fraction") for s in ("test", "val") if s not in present}
+    if carve:
+        splits.update(stratified_split(splits["train"], carve, seed=cfg.split_seed))
+    data = DataSplits(root, classes, {s: splits[s] for s in SPLITS if splits.get(s)}, skipped, _found_notes(found))
+    _check_classes(data, root)
+    return data
+
+
+def _leave_out_bad_images(cfg: DataConfig, root: Path, named: dict[str, list]) -> dict[str, str]:
+    """Check every image once; stop naming every bad one, or leave them out (data.on_bad_image)."""
+    paths = [path for files in named.values() for _, path in files]
+    problems = bad_images(root, paths, cfg.max_image_pixels)
+    if problems and cfg.on_bad_image == "error":
+        listed = "; ".join(f"{path} ({why})" for path, why in sorted(problems.items()))
+        raise DataError(f"{root}: {len(problems)} image(s) cannot be used: {listed}. Fix or remove them, or set "
+                        "data.on_bad_image=skip to leave them out")
+    if problems:
+        logger.warning(f"data: leaving out {len(problems)} image(s) that cannot be used (data.on_bad_image: skip); "
+                       "the list goes to splits/skipped_images.csv")
+        for files in named.values():
+            files[:] = [(label, path) for label, path in files if path not in problems]
+    return problems
+
+
+def _found_notes(found: Found) -> list[str]:
+    notes = [f"skipped {count} {reason}(s)" for reason, count in sorted(found.skipped.items())]
+    if found.outside:
+        notes.append(f"followed {found.outside} link(s) that leave data.root")
+    return notes
+
+
+def _check_classes(data: DataSplits, root: Path) -> None:
+    """Refuse a class without training images; note a class without validation or test images."""
+    if not data.splits.get("val"):
+        raise DataError(f"{root}: no validation images: add a val/ folder or set data.val_fraction above 0")
+    for split in ("train", "val", "test"):
+        if split not in data.splits:
+            continue
+        empty = [name for name, count in zip(data.classes, data.class_counts(split)) if count == 0]
+        if empty and split == "train":
+            raise DataError(f"{root}: class(es) {empty} have no training images after the split: add images, "
+                            "or lower data.val_fraction / data.test_fraction")
+        if empty:
+            data.notes.append(f"class(es) {empty} have no {split} images: their {split} metrics are undefined")
+
+
+def stratified_split(samples: Samples, fractions: dict[str, float], seed: int) -> dict[str, Samples]:
+    """Split ``samples`` per class: each named split gets round(fraction * class size) of every class, the
+    rest stays in ``train``. Depends only on ``seed`` and the sample list."""
+    rng = random.Random(seed)
+    by_class: dict[int, Samples] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    out: dict[str, Samples] = {"train": [], **{name: [] for name in fractions}}
+    for label in sorted(by_class):
+        members = sorted(by_class[label])
+        rng.shuffle(members)
+        start = 0
+        for name, fraction in fractions.items():
+            count = int(round(fraction * len(members)))
+            out[name] += members[start : start + count]
+            start += count
+        out["train"] += members[start:]
+    return {name: sorted(split) for name, split in out.items()}
