@@ -65,7 +65,7 @@ def _enter(folder: Path, real_root: Path, found: Found) -> bool:
     """Whether to walk ``folder``: not when it was walked before or holds the data root (a loop)."""
     real = os.path.realpath(folder)
     if real in found.entered or real_root.is_relative_to(real):
-        found.skipped["link to a folder already read (a loop or a second path)"] += 1
+        found.skipped["folder link(s) to a folder already read (a loop, or a second path to it)"] += 1
         return False
     found.entered.add(real)
     if folder.is_symlink() and not Path(real).is_relative_to(real_root):
@@ -78,17 +78,16 @@ def _walk(folder: Path, label: str, roots: tuple[Path, Path], found: Found, file
     for entry in _entries(folder):
         path = Path(entry.path)
         if entry.name.startswith("."):
-            found.skipped["hidden file or folder"] += 1
+            found.skipped["hidden file(s) or folder(s)"] += 1
         elif entry.is_dir():
             if _enter(path, real_root, found):
                 _walk(path, label, roots, found, files)
-        elif not entry.is_file():
-            if entry.is_symlink():
-                found.skipped["broken link"] += 1
+        elif not entry.is_file():  # never opened: reading a pipe would wait forever
+            found.skipped["broken link(s)" if entry.is_symlink() else "special file(s) (pipes, sockets, devices)"] += 1
         elif path.suffix.lower() in IMG_EXTENSIONS:
             real = os.path.realpath(path)
             if real in found.taken:
-                found.skipped["second path to an image already taken"] += 1
+                found.skipped["second path(s) to an image already taken"] += 1
                 continue
             found.taken.add(real)
             if entry.is_symlink() and not Path(real).is_relative_to(real_root):

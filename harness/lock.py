@@ -3,7 +3,8 @@
 The lock is ``flock`` on ``<output dir>/.<run name>.lock``, beside the run directory so that starting over
 (which deletes the directory) cannot delete it. The operating system releases it when the holder exits,
 however it exits (kill -9 included), so a later ``--resume`` never finds a stale lock. The file names the
-holder (host, pid, start time) for the message a second training gets.
+holder (host, pid, start time) for the message a second training gets, and is removed when the training
+ends (a lock taken on a file that was removed meanwhile is taken again on the new one).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class RunLock:
 
     def _lock(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self.fd is None:
+            self._try_lock()
+
+    def _try_lock(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -40,6 +45,13 @@ class RunLock:
             os.close(fd)
             raise CheckpointError(f"{self.run.root} is in use by another training ({holder}); "
                                   "wait for it to end, or use another --run-name") from None
+        try:
+            current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if not current:  # the holder before removed the file as this one opened it: lock the new one
+            os.close(fd)
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, started "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
@@ -47,5 +59,6 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            self.path.unlink(missing_ok=True)
             os.close(self.fd)  # closing the descriptor releases the lock
             self.fd = None

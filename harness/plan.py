@@ -64,9 +64,9 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
 
 def checked_run_name(name: str) -> str:
     """A run's folder name: one plain component, so that a run (and --force) stays inside --output-dir."""
-    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise CheckpointError(f"run name {name!r}: must be a plain folder name (no '/', not '.' or '..'), "
-                              "so that the run stays inside --output-dir")
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name or len(name.encode()) > 200:
+        raise CheckpointError(f"run name {name!r}: must be a plain folder name (no '/', not '.' or '..', at most "
+                              "200 bytes), so that the run stays inside --output-dir")
     return name
 
 
@@ -85,7 +85,7 @@ def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:
             raise CheckpointError(f"--resume {path}: no complete checkpoint in {run.checkpoints}")
         return run, found
     if path.parent.name == "checkpoints" and path.is_dir():
-        problem = verify(path)
+        problem = verify(path, content=True)
         if problem:
             raise CheckpointError(f"--resume {path}: not a complete checkpoint: {problem}")
         return RunDir(path.parent.parent), path

@@ -14,35 +14,46 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import load
+from accelerate.utils import gather_object, load
 
-from harness.checkpoint import STATE, verify
+from harness.checkpoint import STATE, read_marker, verify
 from harness.errors import CheckpointError, one_line
 from harness.rundir import RunDir
 from harness.state import TrainState
 from harness.typed import build_typed
 
-
+T = TypeVar("T")
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> None:
     """Load every part of checkpoint ``path`` (model, optimizer, scheduler, RNG states, train state) into
-    the prepared objects and ``state``. Every process calls it; any failure is a CheckpointError."""
+    the prepared objects and ``state``. Every process calls it; a failure on any process is the same
+    CheckpointError on all of them."""
     problem = verify(path, content=True)
     if problem:
         raise CheckpointError(f"{path}: not a usable checkpoint: {problem}")
+    with weights_only():
+        _together(accelerator, path, lambda: _check_rng_states(path, accelerator.process_index))
+        _together(accelerator, path, lambda: accelerator.load_state(str(path)))
+    saved = _together(accelerator, path, lambda: json.loads((path / STATE).read_text()))
+    state.load_state_dict(_together(accelerator, path, lambda: build_typed(TrainState, saved, "", STATE)).state_dict())
+
+
+def _together(accelerator: Accelerator, path: Path, action: Callable[[], T]) -> T:
+    """``action()`` on every process; if it fails anywhere, every process raises the first failure."""
     try:
-        with weights_only():
-            _check_rng_states(path, accelerator.process_index)
-            accelerator.load_state(str(path))
-        saved = build_typed(TrainState, json.loads((path / STATE).read_text()), "", STATE)
+        result, failure = action(), None
     except Exception as error:  # torch, safetensors and DeepSpeed raise their own types for damaged files
-        raise CheckpointError(f"{path}: cannot load it ({one_line(error)})") from None
-    state.load_state_dict(saved.state_dict())
+        result, failure = None, one_line(error)
+    failures = gather_object([failure]) if accelerator.num_processes > 1 else [failure]
+    first = next((message for message in failures if message), None)
+    if first:
+        raise CheckpointError(f"{path}: cannot load it ({first})")
+    return result
 
 
 @contextmanager
@@ -74,7 +85,10 @@ def _deepspeed_data_classes() -> list[type]:
 
 
 def _check_rng_states(path: Path, process_index: int) -> None:
-    """accelerate ignores an RNG-state file it cannot load; a resume that is not exact must say so instead."""
+    """accelerate ignores an RNG-state file it cannot load; a resume that is not exact must say so instead.
+    A process the checkpoint's run did not have has no file: it keeps its fresh RNG (see the README)."""
+    if process_index >= read_marker(path)["num_processes"]:
+        return
     states = load(path / f"random_states_{process_index}.pkl")
     missing = {"random_state", "numpy_random_seed", "torch_manual_seed"} - set(states)
     if missing:

@@ -99,6 +99,9 @@ def discover_splits(cfg: DataConfig, root: Path) -> DataSplits:
     classes, pool = find_images(pool_dir, root, found)
     if len(classes) < 2:
         raise DataError(f"{pool_dir}: {len(classes)} class folder(s) {classes}: classification needs at least two")
+    unlisted = [name for name in classes if name != name.strip() or "\n" in name or "\r" in name]
+    if unlisted:  # classes.txt holds one name per line
+        raise DataError(f"{pool_dir}: class folder names {unlisted} begin or end with spaces or hold line breaks: rename them")
     named = {"train": pool}
     for split in ("val", "test"):
         if split in present:
@@ -134,9 +137,9 @@ def _leave_out_bad_images(cfg: DataConfig, root: Path, named: dict[str, list]) -
 
 
 def _found_notes(found: Found) -> list[str]:
-    notes = [f"skipped {count} {reason}(s)" for reason, count in sorted(found.skipped.items())]
+    notes = [f"data: skipped {count} {reason}" for reason, count in sorted(found.skipped.items())]
     if found.outside:
-        notes.append(f"followed {found.outside} link(s) that leave data.root")
+        notes.append(f"data: followed {found.outside} link(s) that leave data.root")
     return notes
 
 
@@ -152,7 +155,7 @@ def _check_classes(data: DataSplits, root: Path) -> None:
             raise DataError(f"{root}: class(es) {empty} have no training images after the split: add images, "
                             "or lower data.val_fraction / data.test_fraction")
         if empty:
-            data.notes.append(f"class(es) {empty} have no {split} images: their {split} metrics are undefined")
+            data.notes.append(f"data: class(es) {empty} have no {split} images: their {split} metrics are undefined")
 
 
 def stratified_split(samples: Samples, fractions: dict[str, float], seed: int) -> dict[str, Samples]:

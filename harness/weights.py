@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from harness.atomic import atomic_path, write_atomic
 from harness.config import Config
-from harness.errors import CheckpointError
+from harness.errors import CheckpointError, StorageError, one_line
 from harness.rundir import RunDir
 
 
@@ -41,8 +41,11 @@ def export_weights(accelerator: Accelerator, model, run: RunDir, name: str, meta
         for key, t in state_dict.items()
     }
     run.weights.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run.weights_file(name)) as tmp:
-        save_file(tensors, str(tmp), metadata={"harness": json.dumps(meta)})
+    try:
+        with atomic_path(run.weights_file(name)) as tmp:
+            save_file(tensors, str(tmp), metadata={"harness": json.dumps(meta)})
+    except Exception as error:  # safetensors reports a full disk as its own error type
+        raise StorageError(f"{run.weights_file(name)} could not be written ({one_line(error)})") from None
     write_atomic(run.weights_meta, json.dumps(meta, indent=2))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from harness.checkpoint import manifest
+from harness.checkpoint import MARKER, manifest
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "configs" / "digits.yaml"
@@ -36,9 +37,9 @@ def env(tmp_path_factory) -> dict:
 
 
 def launch(script: str, args: list[str], env: dict, launcher: list[str] = CPU_LAUNCH, check: bool = True,
-           timeout: float = 600) -> subprocess.CompletedProcess:
+           timeout: float = 600, **popen) -> subprocess.CompletedProcess:
     cmd = [*launcher, str(REPO / "harness" / script), *map(str, args)]
-    result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, **popen)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
@@ -118,3 +119,28 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: i
             image = image.convert(mode) if mode != "P" else image.quantize(16)
             image.save(folder / f"{i:03d}.png")
     return root
+
+
+class Payload:
+    """A pickle that runs a shell command when it is unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def plant(checkpoint: Path, name: str, pwned: Path) -> None:
+    """Replace one file of ``checkpoint`` with a pickle that runs code, keeping the real content beside it for
+    torch files (so a loader that ran it could carry on), and update the manifest as an attacker would."""
+    target = checkpoint / name
+    if name.endswith((".bin", ".pkl", ".pt")):
+        real = torch.load(target, weights_only=False)
+        torch.save({"payload": Payload(pwned), **(real if isinstance(real, dict) else {"state": real})}, target)
+    else:
+        target.write_bytes(pickle.dumps(Payload(pwned)))
+    if name != MARKER:
+        stamp = marker(checkpoint)
+        stamp["files"] = manifest(checkpoint)
+        (checkpoint / MARKER).write_text(json.dumps(stamp))

@@ -1,4 +1,5 @@
-"""Checkpoints are complete or absent: verification, fallback, rotation, auto-resume, divergence."""
+"""Checkpoints are complete or absent: verification, fallback, rotation, auto-resume, divergence; and a
+checkpoint folder cannot run code."""
 
 import json
 import math
@@ -11,13 +12,15 @@ import torch
 from safetensors.torch import load_file
 
 from harness.atomic import write_atomic
-from harness.checkpoint import MARKER, clean_temporary, latest_checkpoint, read_pointer, rotate, save_checkpoint, verify
+from harness.checkpoint import (MARKER, clean_temporary, latest_checkpoint, manifest, read_pointer, rotate, save_checkpoint,
+                                verify)
 from harness.errors import CheckpointError
 from harness.plan import resolve_checkpoint
 from harness.rundir import RunDir
 from harness.state import TrainState
 
-from conftest import DIGITS, FAST, PYTHON, assert_same_weights, fake_checkpoint, marker, pointer, run_train, summary
+from conftest import (DIGITS, FAST, PYTHON, assert_same_weights, fake_checkpoint, marker, plant, pointer, run_train,
+                      summary)
 
 # 20 updates per epoch; a step checkpoint every 3 updates, two kept.
 SETTINGS = [*FAST, "train.epochs=2", "checkpoint.every_n_steps=3", "checkpoint.keep_last=2"]
@@ -182,7 +185,7 @@ def test_rotation_keeps_the_two_newest_plus_best_and_each_resumes_to_the_referen
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["truncated", "no_marker"])
+@pytest.mark.parametrize("damage", ["truncated", "no_marker", "same_size"])
 def test_auto_resume_falls_back_from_a_broken_newest_checkpoint(runs, env, tmp_path, damage):
     shutil.copytree(runs / "half", tmp_path / "half")
     run = tmp_path / "half"
@@ -191,6 +194,10 @@ def test_auto_resume_falls_back_from_a_broken_newest_checkpoint(runs, env, tmp_p
     if damage == "truncated":
         data = (newest / "optimizer.bin").read_bytes()
         (newest / "optimizer.bin").write_bytes(data[: len(data) // 2])
+    elif damage == "same_size":  # bytes changed in place: only the content hash can tell
+        data = bytearray((newest / "model.safetensors").read_bytes())
+        data[-100:] = bytes(100)
+        (newest / "model.safetensors").write_bytes(bytes(data))
     else:
         (newest / MARKER).unlink()
     (run / "checkpoints" / ".tmp-step-00000021").mkdir()  # as a kill during a save leaves it
@@ -256,3 +263,45 @@ def test_time_based_checkpoints_land_inside_epochs(env, tmp_path):
     steps = sorted(marker(p)["global_step"] for p in (tmp_path / "timed" / "checkpoints").glob("step-*"))
     assert len(steps) > 5 and steps[-1] == 20 and all(0 < s < 20 for s in steps[:-1])
     assert all(verify(p) is None for p in (tmp_path / "timed" / "checkpoints").glob("step-*"))
+
+
+@pytest.mark.slow
+def test_no_file_of_a_checkpoint_can_run_code_when_resumed(runs, env, tmp_path):
+    """Every file of the checkpoint in turn becomes a code-running pickle, the manifest updated to match: the
+    resume refuses it in one line naming the checkpoint (or, for the manifest itself, falls back to the
+    previous checkpoint), the run's summary says failed, and the code never runs."""
+    files = sorted(p.name for p in (runs / "half" / "checkpoints" / "step-00000020").iterdir())
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "train_state.json",
+            MARKER} <= set(files)
+    for name in files:
+        run = tmp_path / name
+        shutil.copytree(runs / "half", run)
+        pwned = tmp_path / f"pwned-{name}"
+        plant(run / "checkpoints" / "step-00000020", name, pwned)
+        result = run_train(["--resume", run, "--stop-after-epochs", "1"], env, launcher=PYTHON, check=False)
+        assert not pwned.exists(), f"{name}: the payload ran"
+        if name == MARKER:
+            assert result.returncode == 0 and "falling back to step-00000018" in result.stdout
+            continue
+        assert result.returncode == 2, (name, result.stderr[-2000:])
+        assert result.stderr.strip().startswith(f"error: {run / 'checkpoints' / 'step-00000020'}: cannot load it (")
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert summary(run)["status"] == "failed" and "cannot load it" in summary(run)["error"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_part_that_does_not_load_is_an_error_not_a_silent_skip(runs, env, tmp_path):
+    """accelerate ignores an RNG-state file it cannot use; the harness refuses, and a completed run that was
+    being continued is not left saying completed."""
+    run = tmp_path / "rng"
+    shutil.copytree(runs / "straight", run)
+    newest = pointer(run)
+    torch.save({"step": 0}, newest / "random_states_0.pkl")  # loads (weights only), but holds no RNG state
+    stamp = marker(newest)
+    stamp["files"] = manifest(newest)
+    (newest / MARKER).write_text(json.dumps(stamp))
+    result = run_train(["--resume", run, "train.epochs=3"], env, launcher=PYTHON, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: {newest}: cannot load it (ValueError: random_states_0.pkl lacks "
+                                     "['numpy_random_seed', 'random_state', 'torch_manual_seed'])")
+    assert summary(run)["status"] == "failed"

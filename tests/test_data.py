@@ -1,5 +1,6 @@
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -69,18 +70,92 @@ def test_splits_round_trip_through_the_run_dir(tmp_path):
     assert DataSplits.load(tmp_path / "splits", root) == splits
 
 
-@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "CMYK", "I;16"])
-def test_every_image_mode_becomes_rgb(tmp_path, mode):
-    path = tmp_path / f"x.{'jpg' if mode == 'CMYK' else 'png'}"
-    Image.new(mode, (5, 7)).save(path)
-    image = load_image(path)
-    assert image.mode == "RGB" and image.size == (5, 7)
+GRADIENT = np.tile(np.linspace(0.0, 1.0, 64), (8, 1))  # 0 (left) to 1 (right), 64 wide
 
 
-def test_unreadable_image_names_the_file(tmp_path):
+def gradient(mode: str) -> Image.Image:
+    """A left-to-right ramp over the full range of ``mode`` (8-bit, 16-bit, 32-bit, float, bilevel)."""
+    if mode in ("I;16", "I"):
+        image = Image.fromarray((GRADIENT * 65535).round().astype(np.uint16 if mode == "I;16" else np.int32))
+    elif mode == "F":
+        image = Image.fromarray(GRADIENT.astype(np.float32))
+    else:
+        gray = Image.fromarray((GRADIENT * 255).round().astype(np.uint8))
+        image = gray.convert("1") if mode == "1" else gray.convert(mode)
+    assert image.mode == mode
+    return image
+
+
+@pytest.mark.parametrize("mode, suffix", [
+    ("L", "png"), ("LA", "png"), ("RGB", "png"), ("RGBA", "png"), ("P", "png"), ("1", "png"), ("CMYK", "jpg"),
+    ("YCbCr", "jpg"), ("I;16", "png"), ("I;16", "tif"), ("I", "tif"), ("F", "tif"), ("RGB", "webp"), ("L", "bmp"),
+])
+def test_every_image_mode_reads_as_its_content(tmp_path, mode, suffix):
+    """Each mode's gradient reads back as the same 0-255 gradient (16-bit ones are not clipped to white)."""
+    path = tmp_path / f"ramp.{suffix}"
+    image = gradient(mode)
+    image.save(path, **({"quality": 100} if suffix in ("jpg", "webp") else {}))
+    rgb = np.asarray(load_image(path), dtype=np.float64)
+    assert rgb.shape == (8, 64, 3)
+    # The brightness of each band of 8 columns; bilevel images dither, JPEG and WebP are lossy.
+    bands = rgb.mean(axis=(0, 2)).reshape(8, 8).mean(axis=1)
+    expected = (GRADIENT[0] * 255).reshape(8, 8).mean(axis=1)
+    assert np.abs(bands - expected).max() < (20 if mode == "1" else 3), (mode, bands.round())
+    assert rgb[:, :4].mean() < 10 and rgb[:, -4:].mean() > 245, mode  # dark on the left, bright on the right
+
+
+def test_unreadable_and_oversized_images_name_the_file(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="bad.png: cannot read image"):
         load_image(tmp_path / "bad.png")
+    Image.new("L", (100, 100)).save(tmp_path / "big.png")
+    with pytest.raises(DataError, match=r"big.png: 100x100 .* above data.max_image_pixels \(9999\)"):
+        load_image(tmp_path / "big.png", max_pixels=9999)
+    assert load_image(tmp_path / "big.png", max_pixels=10000).size == (100, 100)
+
+
+def test_links_are_followed_but_no_folder_or_image_twice(tmp_path):
+    """A loop inside a class, a link to the root's parent, a second path to a folder and to an image, a
+    broken link and hidden files: each image is taken once under its own class, and each skip is counted."""
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=10)
+    outside = make_image_folder(tmp_path / "elsewhere", classes=1, per_class=4)
+    (root / "class_0" / "loop").symlink_to("..")
+    (root / "up").symlink_to("..")
+    (root / "class_1" / "again").symlink_to(root / "class_0")
+    (root / "class_1" / "same.png").symlink_to(root / "class_0" / "000.png")
+    (root / "class_1" / "gone.png").symlink_to(tmp_path / "missing.png")
+    (root / "class_1" / "._000.png").write_bytes(b"\0")
+    (root / "class_1" / "extra").symlink_to(outside / "class_0")  # a folder of more images, elsewhere
+    splits = discover_splits(DataConfig(root=str(root), val_fraction=0.2, test_fraction=0.2), root)
+    assert splits.classes == ["class_0", "class_1"]
+    everything = [sample for samples in splits.splits.values() for sample in samples]
+    assert len(everything) == len({path for path, _ in everything}) == 24
+    assert per_class(everything) == {0: 10, 1: 14}
+    assert splits.notes == [
+        "data: skipped 1 broken link(s)",
+        "data: skipped 3 folder link(s) to a folder already read (a loop, or a second path to it)",
+        "data: skipped 1 hidden file(s) or folder(s)",
+        "data: skipped 1 second path(s) to an image already taken",
+        "data: followed 1 link(s) that leave data.root",
+    ]
+
+
+def test_data_that_cannot_be_trained_is_refused_and_odd_data_noted(tmp_path):
+    one = make_image_folder(tmp_path / "one", classes=1)
+    with pytest.raises(DataError, match=r"1 class folder\(s\) \['class_0'\]: classification needs at least two"):
+        discover_splits(DataConfig(root=str(one)), one)
+    root = tmp_path / "data"
+    make_image_folder(root / "train", classes=3, per_class=6)
+    make_image_folder(root / "val", classes=3, per_class=2)
+    make_image_folder(root / "test", classes=3, per_class=2)
+    for image in (root / "test" / "class_2").iterdir():
+        image.unlink()
+    splits = discover_splits(DataConfig(root=str(root)), root)
+    assert splits.notes == ["data: class(es) ['class_2'] have no test images: their test metrics are undefined"]
+    for image in (root / "train" / "class_1").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match=r"class\(es\) \['class_1'\] have no training images after the split"):
+        discover_splits(DataConfig(root=str(root)), root)
 
 
 def test_transforms_resize_normalise_and_augment_train_only():

@@ -1,12 +1,13 @@
 """DeepSpeed ZeRO 1, 2 and 3 with two CPU processes, through the unchanged entry points: train, checkpoint,
 resume exactly, export fp32 safetensors that inference loads without DeepSpeed."""
 
+import shutil
 import sys
 
 import pytest
 import torch
 
-from conftest import DIGITS, FAST, PYTHON, REPO, history_metrics, run_infer, run_train, summary, weights
+from conftest import DIGITS, FAST, PYTHON, REPO, history_metrics, plant, run_infer, run_train, summary, weights
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (pip install -e '.[deepspeed]')")
 
@@ -43,6 +44,16 @@ def test_zero_stage_trains_resumes_exactly_and_exports(env, tmp_path, stage, pre
     run_infer(["--run", resumed, "--out", out], env, launcher=PYTHON)
     metrics = (out / "metrics.json").read_text()
     assert f'"accuracy": {s["test_acc"]}' in metrics
+    if stage == 2:  # DeepSpeed's own checkpoint files cannot run code either
+        newest = resumed / "checkpoints" / "step-00000020"
+        shutil.copytree(newest, tmp_path / "original")
+        for name in ("pytorch_model/mp_rank_00_model_states.pt", "pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt"):
+            plant(newest, name, tmp_path / "pwned")
+            refused = run_train(["--resume", resumed, "train.epochs=3"], env, launcher=ds, check=False)
+            assert not (tmp_path / "pwned").exists() and refused.returncode != 0
+            assert f"error: {newest}: cannot load it (UnpicklingError: Weights only load failed" in refused.stderr
+            shutil.rmtree(newest)
+            shutil.copytree(tmp_path / "original", newest)
 
 
 def test_deepspeed_refuses_skipping_nonfinite_steps(env, tmp_path):

@@ -3,14 +3,15 @@ equals a bigger batch, the learning rate follows optimizer updates, evaluation c
 only the main process writes, and checkpoints move between world sizes."""
 
 import math
+import subprocess
 
 import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import (CPU_LAUNCH, DDP, DIGITS, make_image_folder, marker, pointer, rows, run_infer, run_train, summary,
-                      weights)
+from conftest import (CPU_LAUNCH, DDP, DIGITS, REPO, assert_same_weights, make_image_folder, marker, pointer, rows, run_infer,
+                      run_train, summary, weights)
 
 # DDP averages gradients across processes where one process averages over the batch, and accumulation sums
 # micro-batch gradients: the same numbers, added in another order. Float32 rounding over 6 updates stays
@@ -186,3 +187,21 @@ def test_bf16_on_cpu_trains_and_exports_fp32(env, tmp_path):
     tensors = weights(tmp_path / "bf16" / "weights" / "best.safetensors")
     assert {t.dtype for t in tensors.values()} == {torch.float32, torch.int64}
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+
+
+@pytest.mark.slow
+def test_two_ddp_jobs_at_once_on_one_machine_each_train_as_one(setup, env, tmp_path):
+    """Two 2-process jobs started together (the README's command, its default port): each forms its own group
+    and trains the model a lone 1-process run trains."""
+    out, config, _ = setup
+    jobs = [subprocess.Popen([*DDP, str(REPO / "harness" / "train.py"), "--config", str(config), "--output-dir",
+                              str(tmp_path), "--run-name", name, "train.batch_size=32"], env=env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in ("a", "b")]
+    for job in jobs:
+        output = job.communicate(timeout=600)[0]
+        assert job.returncode == 0, output[-3000:]
+    for name in ("a", "b"):
+        s = summary(tmp_path / name)
+        assert (s["status"], s["distributed_type"], s["num_processes"], s["images"]["test"]) == ("completed", "MULTI_CPU", 2, 36)
+        assert_close_weights(out / "one" / "weights" / "last.safetensors", tmp_path / name / "weights" / "last.safetensors")
+        assert_same_weights(out / "two" / "weights" / "last.safetensors", tmp_path / name / "weights" / "last.safetensors")

@@ -6,7 +6,7 @@ import re
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
-from conftest import REPO
+from conftest import CPU_LAUNCH, DDP, REPO
 
 
 def readme_commands() -> list[str]:
@@ -17,6 +17,15 @@ def test_ci_runs_exactly_the_readme_test_command():
     quickstart, tests = readme_commands()[:2]
     assert "configs/digits.yaml" in quickstart and "pytest" in tests
     assert tests in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_tests_launch_exactly_as_the_readme_shows():
+    """The launchers the end-to-end tests use are the README's, word for word, for training and inference."""
+    readme = (REPO / "README.md").read_text()
+    for launcher in (CPU_LAUNCH, DDP):
+        shown = " ".join(["accelerate", *launcher[1:]])
+        for script in ("train.py", "infer.py"):
+            assert f"{shown} harness/{script}" in readme, f"{shown} harness/{script}"
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "launch_configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -50,8 +50,9 @@ def test_run_directory_is_complete(quickstart):
     for name in ("latest", "best"):
         ckpt = pointer(run, name)
         for file in ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
-                     "custom_checkpoint_0.pkl", "harness_checkpoint.json"):
+                     "train_state.json", "harness_checkpoint.json"):
             assert (ckpt / file).stat().st_size > 0, ckpt / file
+        assert json.loads((ckpt / "train_state.json").read_text())["global_step"] == marker(ckpt)["global_step"]
         assert set(marker(ckpt)["files"]) == {p.name for p in ckpt.iterdir()} - {"harness_checkpoint.json"}
     for name in ("last", "best"):
         assert (run / "weights" / f"{name}.safetensors").stat().st_size > 10_000
@@ -168,12 +169,17 @@ def test_image_folder_run_and_a_failure_is_recorded(env, tmp_path):
     assert (run / "reports" / "confusion_matrix_test.png").exists()
 
     (root / "class_1" / "005.png").write_bytes(b"broken")
-    # Read by a DataLoader worker process, which re-raises in the main process: still one line.
-    failed = run_train(["--config", config, "--output-dir", tmp_path / "runs", "--run-name", "broken",
-                    "data.num_workers=2"], env, launcher=PYTHON, check=False)
+    # A new run checks every image first: one line naming the file, and no run directory.
+    refused = run_train(["--config", config, "--output-dir", tmp_path / "runs", "--run-name", "broken"], env,
+                        launcher=PYTHON, check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "1 image(s) cannot be used: class_1/005.png (UnidentifiedImageError" in refused.stderr
+    assert not (tmp_path / "runs" / "broken").exists()
+    # A resume reads its saved split lists: the image broke since, so a DataLoader worker process hits it and
+    # re-raises in the main process: still one line, and the status is failed.
+    failed = run_train(["--resume", run, "train.epochs=3", "data.num_workers=2"], env, launcher=PYTHON, check=False)
+    expected = f"class_1/005.png: cannot read image (UnidentifiedImageError: cannot identify image file '{root / 'class_1' / '005.png'}')"
     assert failed.returncode == 2
-    assert len(failed.stderr.strip().splitlines()) == 1 and failed.stderr.strip().endswith("class_1/005.png: cannot read image (cannot identify "
-                                                           f"image file '{root / 'class_1' / '005.png'}')")
-    s = summary(tmp_path / "runs" / "broken")
-    assert s["status"] == "failed" and s["error"].endswith("class_1/005.png: cannot read image (cannot identify "
-                                                           f"image file '{root / 'class_1' / '005.png'}')")
+    assert len(failed.stderr.strip().splitlines()) == 1 and failed.stderr.strip().endswith(expected)
+    s = summary(run)
+    assert s["status"] == "failed" and s["error"].endswith(expected)
