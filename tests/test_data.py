@@ -1,3 +1,4 @@
+import os
 from collections import Counter
 
 import numpy as np
@@ -125,6 +126,7 @@ def test_links_are_followed_but_no_folder_or_image_twice(tmp_path):
     (root / "class_1" / "same.png").symlink_to(root / "class_0" / "000.png")
     (root / "class_1" / "gone.png").symlink_to(tmp_path / "missing.png")
     (root / "class_1" / "._000.png").write_bytes(b"\0")
+    os.mkfifo(root / "class_1" / "pipe.png")  # opening it would wait forever
     (root / "class_1" / "extra").symlink_to(outside / "class_0")  # a folder of more images, elsewhere
     splits = discover_splits(DataConfig(root=str(root), val_fraction=0.2, test_fraction=0.2), root)
     assert splits.classes == ["class_0", "class_1"]
@@ -136,6 +138,7 @@ def test_links_are_followed_but_no_folder_or_image_twice(tmp_path):
         "data: skipped 3 folder link(s) to a folder already read (a loop, or a second path to it)",
         "data: skipped 1 hidden file(s) or folder(s)",
         "data: skipped 1 second path(s) to an image already taken",
+        "data: skipped 1 special file(s) (pipes, sockets, devices)",
         "data: followed 1 link(s) that leave data.root",
     ]
 
@@ -155,6 +158,9 @@ def test_data_that_cannot_be_trained_is_refused_and_odd_data_noted(tmp_path):
     for image in (root / "train" / "class_1").iterdir():
         image.unlink()
     with pytest.raises(DataError, match=r"class\(es\) \['class_1'\] have no training images after the split"):
+        discover_splits(DataConfig(root=str(root)), root)
+    (root / "train" / "class_0").rename(root / "train" / "two\nlines")
+    with pytest.raises(DataError, match="class folder names .* hold line breaks: rename them"):
         discover_splits(DataConfig(root=str(root)), root)
 
 
