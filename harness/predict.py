@@ -17,7 +17,7 @@ from harness.config import Config, ModelConfig, load_config
 from harness.data import eval_loader
 from harness.errors import CheckpointError, DataError
 from harness.evaluation import evaluate
-from harness.images import IMG_EXTENSIONS
+from harness.images import IMG_EXTENSIONS, bad_images
 from harness.metrics import Predictions
 from harness.models import build_model
 from harness.reporting import write_split_outputs
@@ -67,7 +67,12 @@ def _trained_model(weights: Path) -> tuple[torch.nn.Module, dict]:
 def _samples(args: argparse.Namespace, run: RunDir, cfg: Config) -> tuple[Samples, Path, str]:
     """What to predict: the given images (unlabeled) or one of the run's own splits; their root and name."""
     if args.images:
-        return [(str(path), -1) for path in _image_files(args.images)], Path("/"), "images"
+        files = [str(path) for path in _image_files(args.images)]
+        problems = bad_images(Path("/"), files, cfg.data.max_image_pixels)
+        if problems:  # all named at once, before anything is predicted
+            raise DataError(f"--images: {len(problems)} image(s) cannot be used: "
+                            + "; ".join(f"{path} ({why})" for path, why in sorted(problems.items())))
+        return [(path, -1) for path in files], Path("/"), "images"
     splits = DataSplits.load(run.splits, data_root(cfg.data))
     if args.split not in splits.splits:
         raise DataError(f"--split {args.split}: this run has the splits {', '.join(splits.splits)}")

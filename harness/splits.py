@@ -41,6 +41,8 @@ class DataSplits:
                        [(path, self.classes[label]) for path, label in samples])
         if self.skipped:
             _write_csv(folder / "skipped_images.csv", ["path", "problem"], sorted(self.skipped.items()))
+        if self.notes:
+            write_atomic(folder / "warnings.txt", "".join(f"{note}\n" for note in self.notes))
 
     def class_counts(self, split: str) -> list[int]:
         """Images per class in ``split``, in class order."""
@@ -71,7 +73,8 @@ class DataSplits:
         if (folder / "skipped_images.csv").is_file():
             with open(folder / "skipped_images.csv", newline="") as f:
                 skipped = {r["path"]: r["problem"] for r in csv.DictReader(f)}
-        return cls(Path(root), classes, splits, skipped)
+        notes = (folder / "warnings.txt").read_text().splitlines() if (folder / "warnings.txt").is_file() else []
+        return cls(Path(root), classes, splits, skipped, notes)
 
 
 def _write_csv(path: Path, header: list[str], rows: list) -> None:

@@ -155,6 +155,8 @@ def test_data_that_cannot_be_trained_is_refused_and_odd_data_noted(tmp_path):
         image.unlink()
     splits = discover_splits(DataConfig(root=str(root)), root)
     assert splits.notes == ["data: class(es) ['class_2'] have no test images: their test metrics are undefined"]
+    splits.save(tmp_path / "saved")  # a resume reads the warnings back with the lists
+    assert DataSplits.load(tmp_path / "saved", root) == splits
     for image in (root / "train" / "class_1").iterdir():
         image.unlink()
     with pytest.raises(DataError, match=r"class\(es\) \['class_1'\] have no training images after the split"):

@@ -123,6 +123,12 @@ def test_infer_on_unlabeled_images(quickstart, env, tmp_path):
     assert len(predictions) == 7 and "label" not in predictions[0]
     assert {p["prediction"] for p in predictions} <= {str(d) for d in range(10)}
     assert not (tmp_path / "out" / "confusion_matrix.png").exists()
+    (images / "broken.png").write_bytes(b"")
+    (images / "notes.jpg").write_text("not an image")
+    refused = run_infer(["--run", run, "--images", images, "--out", tmp_path / "again"], env, launcher=PYTHON, check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().startswith(
+        f"error: --images: 2 image(s) cannot be used: {images / 'broken.png'} (UnidentifiedImageError")
+    assert f"; {images / 'notes.jpg'} (UnidentifiedImageError" in refused.stderr and not (tmp_path / "again").exists()
 
 
 @pytest.mark.slow
