@@ -10,10 +10,10 @@ from typing import Callable, TypeVar
 import torch
 from accelerate import Accelerator
 from accelerate.utils import (DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs, broadcast_object_list,
-                               get_int_from_env)
+                               gather_object, get_int_from_env)
 from torch import nn
 
-from harness.errors import LaunchError, UserError
+from harness.errors import LaunchError, UserError, one_line
 from harness.models import num_parameters
 
 T = TypeVar("T")
@@ -112,11 +112,15 @@ def on_main(accelerator: Accelerator, compute: Callable[[], T]) -> T:
     return result
 
 
-def any_process(accelerator: Accelerator, flag: bool) -> bool:
-    """Whether ``flag`` is true on any process, on every process (a collective)."""
-    if accelerator.num_processes == 1:
-        return flag
-    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum").item() > 0)
+def first_failure(accelerator: Accelerator, action: Callable[[], T]) -> tuple[T | None, str | None]:
+    """``action()`` on every process: its result, and the first failure on any process (as one line), the
+    same on every process (a collective), so that all of them stop together and say the same."""
+    try:
+        result, failure = action(), None
+    except Exception as error:  # libraries raise their own types for damaged files and failed writes
+        result, failure = None, one_line(error)
+    failures = gather_object([failure]) if accelerator.num_processes > 1 else [failure]
+    return result, next((message for message in failures if message), None)
 
 
 def leave_together(accelerator: Accelerator) -> None:

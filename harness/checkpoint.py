@@ -30,9 +30,9 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from harness.accel import any_process
+from harness.accel import first_failure
 from harness.atomic import fsync, write_atomic
-from harness.errors import StorageError, one_line
+from harness.errors import StorageError
 from harness.rundir import RunDir
 from harness.state import TrainState
 
@@ -59,15 +59,11 @@ def save_checkpoint(accelerator: Accelerator, run: RunDir, state: TrainState, ke
     StorageError."""
     name = checkpoint_name(state.global_step)
     final, tmp = run.checkpoint(name), run.checkpoints / f"{TMP_PREFIX}{name}"
-    try:
-        _write_folder(accelerator, tmp, name, state)
-        failure = None
-    except Exception as error:  # OSError, torch's and safetensors' own errors for a failed write
-        failure = one_line(error)
-    if any_process(accelerator, failure is not None):
+    _, failure = first_failure(accelerator, lambda: _write_folder(accelerator, tmp, name, state))
+    if failure:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise StorageError(f"{final} could not be written ({failure or 'failed on another process'}); "
+        raise StorageError(f"{final} could not be written ({failure}); "
                            f"the last checkpoint ({latest_name(run) or 'none yet'}) is intact: free space under "
                            f"{run.checkpoints}, then --resume {run.root}")
     if accelerator.is_main_process:

@@ -1,8 +1,8 @@
 """Image files: finding them under a folder (the link policy), reading any of them as RGB, checking them once.
 
 Links: a link is followed wherever it points, but a folder is never entered twice (a link loop, or a link to
-a folder that holds the data root, is skipped) and a file is never taken twice (two links to one image would
-put it in two splits). Links that leave the data root are followed and counted; every skip is counted. Hidden
+a folder that holds the data root, is skipped) and a file is never taken twice (two links, symbolic or hard,
+to one image would put it in two splits). Links that leave the data root are followed and counted; every skip is counted. Hidden
 files and folders (``.name``: ``.DS_Store``, macOS ``._x.jpg``) are not images and are skipped.
 
 Reading: 16-bit and 32-bit integer images (``I;16``, ``I``) are scaled by 1/257 to 0-255, float images
@@ -36,7 +36,7 @@ class Found:
 
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     outside: int = 0  # links followed out of the data root
-    taken: set = field(default_factory=set)  # real paths of the files taken
+    taken: set = field(default_factory=set)  # (device, inode) of the files taken: hard links are one file too
     entered: set = field(default_factory=set)  # real paths of the folders walked
 
 
@@ -85,12 +85,12 @@ def _walk(folder: Path, label: str, roots: tuple[Path, Path], found: Found, file
         elif not entry.is_file():  # never opened: reading a pipe would wait forever
             found.skipped["broken link(s)" if entry.is_symlink() else "special file(s) (pipes, sockets, devices)"] += 1
         elif path.suffix.lower() in IMG_EXTENSIONS:
-            real = os.path.realpath(path)
-            if real in found.taken:
+            stat = entry.stat()  # the file itself, through any link: one call, where a real path costs many
+            if (stat.st_dev, stat.st_ino) in found.taken:
                 found.skipped["second path(s) to an image already taken"] += 1
                 continue
-            found.taken.add(real)
-            if entry.is_symlink() and not Path(real).is_relative_to(real_root):
+            found.taken.add((stat.st_dev, stat.st_ino))
+            if entry.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(real_root):
                 found.outside += 1
             files.append((label, str(path.relative_to(root))))
 

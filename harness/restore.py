@@ -18,10 +18,11 @@ from typing import Callable, Iterator, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, load
+from accelerate.utils import load
 
+from harness.accel import first_failure
 from harness.checkpoint import STATE, read_marker, verify
-from harness.errors import CheckpointError, one_line
+from harness.errors import CheckpointError
 from harness.rundir import RunDir
 from harness.state import TrainState
 from harness.typed import build_typed
@@ -39,20 +40,15 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> 
     with weights_only():
         _together(accelerator, path, lambda: _check_rng_states(path, accelerator.process_index))
         _together(accelerator, path, lambda: accelerator.load_state(str(path)))
-    saved = _together(accelerator, path, lambda: json.loads((path / STATE).read_text()))
-    state.load_state_dict(_together(accelerator, path, lambda: build_typed(TrainState, saved, "", STATE)).state_dict())
+    saved = _together(accelerator, path, lambda: build_typed(TrainState, json.loads((path / STATE).read_text()), "", STATE))
+    state.load_state_dict(saved.state_dict())
 
 
 def _together(accelerator: Accelerator, path: Path, action: Callable[[], T]) -> T:
     """``action()`` on every process; if it fails anywhere, every process raises the first failure."""
-    try:
-        result, failure = action(), None
-    except Exception as error:  # torch, safetensors and DeepSpeed raise their own types for damaged files
-        result, failure = None, one_line(error)
-    failures = gather_object([failure]) if accelerator.num_processes > 1 else [failure]
-    first = next((message for message in failures if message), None)
-    if first:
-        raise CheckpointError(f"{path}: cannot load it ({first})")
+    result, failure = first_failure(accelerator, action)
+    if failure:
+        raise CheckpointError(f"{path}: cannot load it ({failure})")
     return result
 
 

@@ -36,8 +36,7 @@ class RunSummary:
         self.fields.update(self.progress())
         self.fields["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if self.enabled:
-            write_atomic(self.run.summary_json, json.dumps(self.fields, indent=2, default=_plain) + "\n")
-            write_atomic(self.run.summary_txt, summary_text(self.fields))
+            _write(self.run, self.fields)
 
     def write_if_possible(self, **fields: Any) -> None:
         """``write``, for a run that is failing: if the disk is full too, the original error matters more."""
@@ -71,10 +70,14 @@ def record_failure(run: RunDir, error: str) -> None:
         return
     fields.update(status="failed", error=error, updated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     try:
-        write_atomic(run.summary_json, json.dumps(fields, indent=2) + "\n")
-        write_atomic(run.summary_txt, summary_text(fields))
+        _write(run, fields)
     except OSError as failure:
         logger.warning(f"could not update {run.summary_json}: {failure}")
+
+
+def _write(run: RunDir, fields: dict[str, Any]) -> None:
+    write_atomic(run.summary_json, json.dumps(fields, indent=2, default=_plain) + "\n")
+    write_atomic(run.summary_txt, summary_text(fields))
 
 
 def summary_text(summary: dict[str, Any]) -> str:
