@@ -61,7 +61,11 @@ def _materialise_digits(cache: Path) -> Path:
                 image = Image.fromarray(pixels).resize((DIGITS_SIZE, DIGITS_SIZE), Image.BILINEAR)
                 out = tmp / split / path
                 out.parent.mkdir(parents=True, exist_ok=True)
-                image.save(out)
+                try:
+                    image.save(out)
+                except OSError as error:  # a full disk: PIL's error names no file
+                    error.filename = error.filename or str(out)
+                    raise
         (tmp / COMPLETE_MARKER).write_text("ok\n")
         try:
             os.rename(tmp, target)  # atomic: another process either sees all of it or none

@@ -23,7 +23,8 @@ def run_cli(command: Callable[[], int]) -> int:
     except OSError as error:
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise
-        return _refuse(f"{error.filename or ''}: {error.strerror} (check that it exists, can be written, and has space)")
+        where = f"{error.filename}: " if error.filename else ""
+        return _refuse(f"{where}{error.strerror} (check that the place exists, can be written, and has space)")
     except KeyboardInterrupt:  # before or after the loop, where no checkpoint is due
         print("interrupted", file=sys.stderr)
         return 130
