@@ -10,7 +10,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import (CPU_LAUNCH, DDP, DIGITS, REPO, assert_same_weights, make_image_folder, marker, pointer, rows, run_infer,
+from conftest import (ACCELERATE, CPU_LAUNCH, DDP, DIGITS, REPO, assert_same_weights, make_image_folder, marker, pointer, rows, run_infer,
                       run_train, summary, weights)
 
 # DDP averages gradients across processes where one process averages over the batch, and accumulation sums
@@ -205,3 +205,15 @@ def test_two_ddp_jobs_at_once_on_one_machine_each_train_as_one(setup, env, tmp_p
         assert (s["status"], s["distributed_type"], s["num_processes"], s["images"]["test"]) == ("completed", "MULTI_CPU", 2, 36)
         assert_close_weights(out / "one" / "weights" / "last.safetensors", tmp_path / name / "weights" / "last.safetensors")
         assert_same_weights(out / "two" / "weights" / "last.safetensors", tmp_path / name / "weights" / "last.safetensors")
+
+
+@pytest.mark.slow
+def test_the_multi_gpu_launch_config_on_a_machine_without_gpus_runs_ddp_on_the_cpu(setup, env, tmp_path):
+    """As the README says: the same DDP over gloo, the same model as the CPU DDP config gives (bit for bit)."""
+    out, config, _ = setup
+    gpu_config = [*ACCELERATE, "--config_file", "launch_configs/multi_gpu.yaml", "--num_processes", "2"]
+    run_train(["--config", config, "--output-dir", tmp_path, "--run-name", "gpu_yaml", "train.batch_size=32"], env,
+              launcher=gpu_config)
+    s = summary(tmp_path / "gpu_yaml")
+    assert (s["distributed_type"], s["num_processes"], s["images"]["test"]) == ("MULTI_CPU", 2, 36)
+    assert_same_weights(out / "two" / "weights" / "last.safetensors", tmp_path / "gpu_yaml" / "weights" / "last.safetensors")
