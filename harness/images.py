@@ -103,7 +103,9 @@ def load_image(path: Path, max_pixels: int | None = None) -> Image.Image:
     """Any PIL-readable image as 8-bit RGB; a DataError naming the file if it cannot be."""
     try:
         with Image.open(path) as img:
-            _check_size(img, max_pixels)
+            too_large = _too_large(img, max_pixels)
+            if too_large:
+                raise DataError(f"{path}: {too_large}")
             return to_rgb(img)
     except DataError:
         raise
@@ -111,11 +113,13 @@ def load_image(path: Path, max_pixels: int | None = None) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
-def _check_size(img: Image.Image, max_pixels: int | None) -> None:
+def _too_large(img: Image.Image, max_pixels: int | None) -> str | None:
+    """Why an image is over the size limit (read from its header, before any decoding), or None."""
     width, height = img.size
     if max_pixels and width * height > max_pixels:
-        raise DataError(f"{img.filename}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above "
-                        f"data.max_image_pixels ({max_pixels}): raise it, or shrink the image")
+        return (f"{width}x{height} is {width * height / 1e6:.0f} megapixels, above data.max_image_pixels "
+                f"({max_pixels}): raise it, or shrink the image")
+    return None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -151,11 +155,11 @@ def bad_images(root: Path, paths: list[str], max_pixels: int | None) -> dict[str
 def _problem(path: Path, max_pixels: int | None) -> str | None:
     try:
         with Image.open(path) as img:
-            _check_size(img, max_pixels)
+            too_large = _too_large(img, max_pixels)
+            if too_large:
+                return too_large
             img.draft("RGB", (img.size[0] // 8, img.size[1] // 8))
             img.load()
-    except DataError as e:
-        return str(e).split(": ", 1)[1]
     except Exception as e:  # noqa: BLE001 - every way a file can fail to decode is a bad image
         return f"{type(e).__name__}: {e}"
     return None
