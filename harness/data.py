@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import random
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +20,7 @@ from torchvision import transforms as T
 from harness.config import DataConfig
 from harness.errors import ConfigError
 from harness.images import load_image
+from harness.signals import STOP_SIGNALS
 from harness.splits import Samples
 
 # ----------------------------------------------------------------------------------------------------
@@ -113,7 +115,11 @@ class ImageListDataset(Dataset):
             return self.transform(image), label, index
 
 
-def _seed_worker(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
+    # A stop signal is for the training process, which shuts its workers down itself; a worker killed by one
+    # (a scheduler signals every process of a job) would fail the batch that should end the run cleanly.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32  # torch gives each worker base_seed + worker_id
     np.random.seed(seed)
     random.seed(seed)
@@ -128,7 +134,7 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: 
         shuffle=shuffle,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
-        worker_init_fn=_seed_worker,
+        worker_init_fn=_init_worker,
         generator=generator,
         # Workers must see each epoch's dataset.set_epoch, so they are not kept across epochs.
         persistent_workers=False,

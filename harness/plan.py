@@ -45,7 +45,8 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
         raise CheckpointError("--config is required to start a run (or --resume RUN_DIR to continue one)")
     cfg = load_config(args.config, args.overrides)
     cfg.data.make_paths_absolute()  # so that inference and resumes work from any directory
-    run = RunDir(Path(args.output_dir) / checked_run_name(args.run_name or run_name_for(cfg, args.overrides)))
+    name = (args.run_name or "{name}").replace("{name}", run_name_for(cfg, args.overrides))
+    run = RunDir(Path(args.output_dir) / checked_run_name(name))
     if not run.root.exists() or (run.root.is_dir() and not any(run.root.iterdir())):
         return RunPlan(cfg, run, None)
     if not run.is_run():

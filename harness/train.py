@@ -22,7 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config", help="run config (YAML); optional with --resume (the run's own is used)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    parser.add_argument("--run-name", help="default: the config name plus the overrides")
+    parser.add_argument("--run-name", help="default: the config name plus the overrides; {name} in it stands for "
+                        "that default, e.g. --run-name '{name}-seed1'")
     parser.add_argument("--output-dir", default="runs", help="parent of run directories (default: runs)")
     parser.add_argument("--resume", default="auto", metavar="auto|never|PATH",
                         help="auto (default): continue the run directory's unfinished run if the config is the same; "

@@ -41,6 +41,12 @@ def test_a_new_run_starts_from_the_beginning_with_absolute_data_paths(tmp_path, 
     assert not new.finished()
 
 
+def test_run_name_placeholder_stands_for_the_default_name(tmp_path):
+    named = plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "{name}-j42", "optim.lr=0.5")
+    assert named.run.root == tmp_path / "digits_lr0.5-j42"
+    assert plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "x{name}").run.root == tmp_path / "xdigits"
+
+
 def test_the_same_command_continues_the_latest_complete_checkpoint(tmp_path):
     run = existing_run(tmp_path, steps=[20, 40])
     assert plan("--config", DIGITS, "--output-dir", tmp_path).resume_from == run.checkpoint("step-00000040")

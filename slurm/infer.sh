@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Inference for a finished run: predictions, metrics and reports, as `accelerate launch harness/infer.py`.
+#   sbatch slurm/infer.sh runs/<name> [infer.py options, e.g. --split val --checkpoint last]
+# Variables: LAUNCH_CONFIG and PROCESSES as in slurm/train.sh. Near the time limit (or preempted) it stops and
+# requeues itself; the next attempt starts the inference again (it writes each file whole).
+#SBATCH --job-name=infer
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=8
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-%x-%j.out
+set -uo pipefail
+. "${HARNESS_DIR:-${SLURM_SUBMIT_DIR:-.}}/slurm/common.sh" 2>/dev/null \
+    || { echo "error: slurm/common.sh not found: run sbatch from the repository root, or set HARNESS_DIR" >&2; exit 2; }
+enter_repo
+[ $# -ge 1 ] || die "usage: sbatch slurm/infer.sh RUN_DIR [infer.py options]"
+run=$1; shift
+[ -f "$run/config.yaml" ] || die "$run: not a run directory (no config.yaml)"
+procs=$(processes_per_node "${SLURM_NTASKS:-1}")
+# Inference has nothing to save: a stop signal ends it at once, and the job runs again from the start.
+relay_kill() { [ "$1" = USR1 ] && kill -KILL -- "-$GROUP" 2>/dev/null; }
+RELAY=relay_kill
+say "job $(job_tag), attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )), node $(hostname -s): inference for $run"
+supervise accelerate launch --quiet --config_file "${LAUNCH_CONFIG:-$(default_launch_config "$procs")}" \
+    --num_processes "$procs" --num_cpu_threads_per_process "$(threads_per_process "$procs")" \
+    harness/infer.py --run "$run" "$@"
+[ "$GOT_USR1" = 1 ] && [ "$SUPERVISED_RC" != 0 ] && requeue
+exit "$SUPERVISED_RC"

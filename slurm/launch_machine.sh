@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One machine of a multi-node job (started by srun in slurm/train_multinode.sh, one task per node):
+# `accelerate launch` with this task's machine rank, supervised like a single-node launch.
+#   bash slurm/launch_machine.sh SCRIPT [args...]
+set -uo pipefail
+. slurm/common.sh
+machines=${SLURM_NTASKS:?launch_machine.sh runs inside srun}
+rank=${SLURM_PROCID:?launch_machine.sh runs inside srun}  # read here, in the task: each task has its own
+main_host=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+port=${MAIN_PROCESS_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}
+config_file=${LAUNCH_CONFIG:-launch_configs/multi_node.yaml}
+per_machine=$(processes_per_node 1)
+extra=()
+# DeepSpeed across nodes through torchrun on every node, as here, rather than its pdsh/ssh launcher.
+grep -q '^distributed_type: *DEEPSPEED' "$config_file" && extra=(--deepspeed_multinode_launcher standard)
+say "machine $rank of $machines on $(hostname -s): $per_machine process(es), $config_file, main $main_host:$port"
+supervise accelerate launch --quiet --config_file "$config_file" --num_machines "$machines" --machine_rank "$rank" \
+    --main_process_ip "$main_host" --main_process_port "$port" --num_processes $(( machines * per_machine )) \
+    --num_cpu_threads_per_process "$(threads_per_process "$per_machine" "${SLURM_CPUS_PER_TASK:-}")" "${extra[@]}" "$@"
+exit "$SUPERVISED_RC"
