@@ -89,6 +89,8 @@ class DataConfig(Section):
     val_fraction: float = rule(0.1, FRACTION)  # share of the train pool held out for validation when root/val is absent
     test_fraction: float = rule(0.1, FRACTION)  # same for the test split when root/test is absent
     split_seed: int = 0  # the stratified split depends on this only, not on train.seed
+    folds: Optional[int] = rule(None, at_least(2))  # k-fold: the non-test images in k stratified folds
+    fold: int = rule(0, at_least(0))  # with folds: the fold that is the validation split (0 .. folds-1)
     image_size: int = rule(224, at_least(1))
     mean: List[float] = rule(check=count(3, " (R, G, B)"), factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = rule(check=count(3, " (R, G, B)"), factory=lambda: list(IMAGENET_STD))
@@ -102,6 +104,10 @@ class DataConfig(Section):
             raise InvalidValue("", "set exactly one of data.builtin (e.g. digits) or data.root (an image folder)")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise InvalidValue("val_fraction", "data.val_fraction + data.test_fraction must be below 1")
+        if self.folds is None and self.fold:
+            raise InvalidValue("fold", "data.fold needs data.folds (the number of folds)")
+        if self.folds is not None and self.fold >= self.folds:
+            raise InvalidValue("fold", f"must be below data.folds ({self.folds}): folds are numbered from 0")
         if any(value <= 0 for value in self.std):
             raise InvalidValue("std", "every value must be positive")
 
@@ -281,5 +287,7 @@ def run_name_for(cfg: Config, overrides: list[str]) -> str:
         key, value = parse_override(text)
         shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
         parts.append((key.split(".")[-1], shown))
+    if cfg.data.folds and "fold" not in dict(parts):  # k-fold runs of one config differ by their fold
+        parts.append(("fold", str(cfg.data.fold)))
     name = "_".join([cfg.name or "run"] + [key + value for key, value in sorted(parts)])
     return re.sub(r"[^A-Za-z0-9._+-]+", "", name.replace(" ", ""))[:200]

@@ -20,7 +20,6 @@ from torchvision import transforms as T
 from harness.config import DataConfig
 from harness.errors import ConfigError
 from harness.images import load_image
-from harness.signals import STOP_SIGNALS
 from harness.splits import Samples
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,10 +114,13 @@ class ImageListDataset(Dataset):
             return self.transform(image), label, index
 
 
+# Signals a scheduler or a terminal sends to every process of a job: the process that owns the loader acts on
+# them and shuts its workers down; a worker killed by one would fail the batch that should end the run cleanly.
+LEFT_TO_PARENT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def _init_worker(worker_id: int) -> None:
-    # A stop signal is for the training process, which shuts its workers down itself; a worker killed by one
-    # (a scheduler signals every process of a job) would fail the batch that should end the run cleanly.
-    for signum in STOP_SIGNALS:
+    for signum in LEFT_TO_PARENT:
         signal.signal(signum, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32  # torch gives each worker base_seed + worker_id
     np.random.seed(seed)

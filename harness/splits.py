@@ -90,8 +90,9 @@ def _write_csv(path: Path, header: list[str], rows: list) -> None:
 
 def discover_splits(cfg: DataConfig, root: Path) -> DataSplits:
     """root/{train,val,test}/<class>/* where present; a missing val or test split is carved out of the
-    train pool (root/train, or root itself when it has no train/ folder), stratified by class. Every image is
-    checked first (``data.on_bad_image``); what cannot be trained is refused, what is odd is noted."""
+    train pool (root/train, or root itself when it has no train/ folder), stratified by class. With
+    ``data.folds``, train and val are fold ``data.fold`` of k stratified folds of every non-test image instead.
+    Every image is checked first (``data.on_bad_image``); what cannot be trained is refused, what is odd is noted."""
     if not root.is_dir():
         raise DataError(f"data.root: {root} is not a folder")
     present = [s for s in SPLITS if (root / s).is_dir()]
@@ -115,9 +116,15 @@ def discover_splits(cfg: DataConfig, root: Path) -> DataSplits:
     index = {name: i for i, name in enumerate(classes)}
     skipped = _leave_out_bad_images(cfg, root, named)
     splits = {split: [(path, index[label]) for label, path in files] for split, files in named.items()}
-    carve = {s: getattr(cfg, f"{s}_fraction") for s in ("test", "val") if s not in present}
-    if carve:
-        splits.update(stratified_split(splits["train"], carve, seed=cfg.split_seed))
+    if cfg.folds:  # every image that is not test (root/val included) goes into the folds
+        splits["train"] += splits.pop("val", [])
+        if "test" not in present:
+            splits.update(stratified_split(splits["train"], {"test": cfg.test_fraction}, seed=cfg.split_seed))
+        splits.update(stratified_folds(splits["train"], cfg.folds, cfg.fold, seed=cfg.split_seed))
+    else:
+        carve = {s: getattr(cfg, f"{s}_fraction") for s in ("test", "val") if s not in present}
+        if carve:
+            splits.update(stratified_split(splits["train"], carve, seed=cfg.split_seed))
     data = DataSplits(root, classes, {s: splits[s] for s in SPLITS if splits.get(s)}, skipped, _found_notes(found))
     _check_classes(data, root)
     return data
@@ -178,4 +185,23 @@ def stratified_split(samples: Samples, fractions: dict[str, float], seed: int) -
             out[name] += members[start : start + count]
             start += count
         out["train"] += members[start:]
+    return {name: sorted(split) for name, split in out.items()}
+
+
+def stratified_folds(samples: Samples, folds: int, fold: int, seed: int) -> dict[str, Samples]:
+    """Fold ``fold`` of ``folds`` as the ``val`` split, the others as ``train``: every class is shuffled
+    (depending only on ``seed``) and dealt round the folds, continuing where the previous class stopped, so
+    each fold holds a near-equal share of every class and of the whole."""
+    rng = random.Random(seed)
+    by_class: dict[int, Samples] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    out: dict[str, Samples] = {"train": [], "val": []}
+    dealt = 0
+    for label in sorted(by_class):
+        members = sorted(by_class[label])
+        rng.shuffle(members)
+        for sample in members:
+            out["val" if dealt % folds == fold else "train"].append(sample)
+            dealt += 1
     return {name: sorted(split) for name, split in out.items()}

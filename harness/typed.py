@@ -45,6 +45,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key, source)
     if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads a bare `no` (mixed_precision: no) as false
+            return "no"
         if value not in args:
             choices = ", ".join(str(a) for a in args)
             hint = suggest(str(value), [str(a) for a in args], "", quote=False)

@@ -23,6 +23,7 @@ die() { echo "error: $*" >&2; exit 2; }
 
 # Inside a batch job the script runs from a copy in the spool folder: the repository is the submit folder.
 enter_repo() {
+    [ -n "${SLURM_JOB_ID:-}" ] || die "$(basename "$0"): a batch script: submit it with sbatch"
     local repo=${HARNESS_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}
     cd "$repo" 2>/dev/null && [ -f harness/train.py ] \
         || die "$repo is not the harness repository: run sbatch from the repository root, or set HARNESS_DIR"
@@ -105,6 +106,16 @@ supervise() {
 }
 
 relay_to_group() { kill "-$1" -- "-$GROUP" 2>/dev/null; }
+
+# training_args SCRIPT CONFIG [overrides and train.py options]: sets OUTPUT_DIR, RUN_NAME and TRAIN_ARGS (the
+# script and its arguments for the launcher).
+training_args() {
+    local script=$1; shift
+    [ $# -ge 1 ] || die "usage: sbatch slurm/$script CONFIG [section.key=value ...]"
+    refuse_own_options "${@:2}"
+    export OUTPUT_DIR=${OUTPUT_DIR:-runs} RUN_NAME=${RUN_NAME:-"{name}-j$(job_tag)"}
+    TRAIN_ARGS=(harness/train.py --config "$1" --output-dir "$OUTPUT_DIR" --run-name "$RUN_NAME" "${@:2}")
+}
 
 # Arguments the scripts set themselves: refused on the command line, with the variable to use instead.
 refuse_own_options() {

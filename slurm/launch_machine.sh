@@ -13,7 +13,7 @@ per_machine=$(processes_per_node 1)
 extra=()
 # DeepSpeed across nodes through torchrun on every node, as here, rather than its pdsh/ssh launcher.
 grep -q '^distributed_type: *DEEPSPEED' "$config_file" && extra=(--deepspeed_multinode_launcher standard)
-say "machine $rank of $machines on $(hostname -s): $per_machine process(es), $config_file, main $main_host:$port"
+say "machine $rank of $machines on $(hostname -s): $per_machine process(es), $config_file ${extra[*]}, main $main_host:$port"
 supervise accelerate launch --quiet --config_file "$config_file" --num_machines "$machines" --machine_rank "$rank" \
     --main_process_ip "$main_host" --main_process_port "$port" --num_processes $(( machines * per_machine )) \
     --num_cpu_threads_per_process "$(threads_per_process "$per_machine" "${SLURM_CPUS_PER_TASK:-}")" "${extra[@]}" "$@"

@@ -20,12 +20,7 @@ set -uo pipefail
 . "${HARNESS_DIR:-${SLURM_SUBMIT_DIR:-.}}/slurm/common.sh" 2>/dev/null \
     || { echo "error: slurm/common.sh not found: run sbatch from the repository root, or set HARNESS_DIR" >&2; exit 2; }
 enter_repo
-[ $# -ge 1 ] || die "usage: sbatch slurm/train.sh CONFIG [section.key=value ...]"
-config=$1; shift
-refuse_own_options "$@"
-OUTPUT_DIR=${OUTPUT_DIR:-runs}
-RUN_NAME=${RUN_NAME:-"{name}-j$(job_tag)"}
+training_args train.sh "$@"
 procs=$(processes_per_node "${SLURM_NTASKS:-1}")
 run_training accelerate launch --quiet --config_file "${LAUNCH_CONFIG:-$(default_launch_config "$procs")}" \
-    --num_processes "$procs" --num_cpu_threads_per_process "$(threads_per_process "$procs")" \
-    harness/train.py --config "$config" --output-dir "$OUTPUT_DIR" --run-name "$RUN_NAME" "$@"
+    --num_processes "$procs" --num_cpu_threads_per_process "$(threads_per_process "$procs")" "${TRAIN_ARGS[@]}"

@@ -18,13 +18,8 @@ set -uo pipefail
 . "${HARNESS_DIR:-${SLURM_SUBMIT_DIR:-.}}/slurm/common.sh" 2>/dev/null \
     || { echo "error: slurm/common.sh not found: run sbatch from the repository root, or set HARNESS_DIR" >&2; exit 2; }
 enter_repo
-[ $# -ge 1 ] || die "usage: sbatch slurm/train_multinode.sh CONFIG [section.key=value ...]"
-config=$1; shift
-refuse_own_options "$@"
-export OUTPUT_DIR=${OUTPUT_DIR:-runs}
-export RUN_NAME=${RUN_NAME:-"{name}-j$(job_tag)"}
+training_args train_multinode.sh "$@"
 # The batch shell is the only process that gets the time-limit signal: it reaches the tasks through their step.
 relay_to_steps() { scancel --signal="$1" "$SLURM_JOB_ID" 2>/dev/null; }
 RELAY=relay_to_steps
-run_training srun --kill-on-bad-exit=1 bash slurm/launch_machine.sh \
-    harness/train.py --config "$config" --output-dir "$OUTPUT_DIR" --run-name "$RUN_NAME" "$@"
+run_training srun --kill-on-bad-exit=1 bash slurm/launch_machine.sh "${TRAIN_ARGS[@]}"

@@ -66,6 +66,9 @@ def test_overrides_are_parsed_as_yaml_and_checked():
                                "train.clip_grad_norm=null", "model.kwargs.dropout=0.2", "optim.lr=1"])
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # the last override wins; ints widen
     assert load_config(DIGITS, ["optim.lr=1e-4"]).optim.lr == 1e-4  # YAML 1.1 reads this as a string
+    assert load_config(DIGITS, ["train.mixed_precision=no"]).train.mixed_precision == "no"  # and this as false
+    with pytest.raises(ConfigError, match="train.mixed_precision: bool True is not one of no, fp16, bf16"):
+        load_config(DIGITS, ["train.mixed_precision=yes"])
     assert cfg.train.deterministic is True
     assert cfg.data.mean == [0.1, 0.2, 0.3]
     assert cfg.train.clip_grad_norm is None

@@ -1,4 +1,6 @@
 import os
+import signal
+import time
 from collections import Counter
 
 import numpy as np
@@ -7,13 +9,13 @@ import torch
 from PIL import Image
 
 from harness.builtin import builtin_root
-from harness.config import DataConfig
-from harness.data import ImageListDataset, build_transform
+from harness.config import DataConfig, load_config, run_name_for
+from harness.data import ImageListDataset, build_loader, build_transform
 from harness.images import load_image
 from harness.splits import DataSplits, discover_splits
 from harness.errors import ConfigError, DataError
 
-from conftest import make_image_folder
+from conftest import DIGITS, make_image_folder
 
 
 def per_class(samples):
@@ -43,6 +45,39 @@ def test_explicit_split_folders_are_used_and_missing_ones_carved_from_train(tmp_
     assert all(p.startswith("val/") for p, _ in splits.splits["val"]) and len(splits.splits["val"]) == 9
     assert all(p.startswith("train/") for p, _ in splits.splits["test"]) and len(splits.splits["test"]) == 6
     assert len(splits.splits["train"]) == 24
+
+
+def test_k_folds_partition_every_non_test_image_stratified(tmp_path):
+    """data.folds: each non-test image is validation in exactly one fold, classes spread evenly, the test split
+    is the one the run without folds has; root/val joins the folds."""
+    root = make_image_folder(tmp_path / "data", classes=3, per_class=20)
+    plain = discover_splits(DataConfig(root=str(root), test_fraction=0.1), root)
+    folds = [discover_splits(DataConfig(root=str(root), test_fraction=0.1, folds=3, fold=i), root) for i in range(3)]
+    pool = {p for p, _ in plain.splits["train"] + plain.splits["val"]}
+    for split in folds:
+        assert split.splits["test"] == plain.splits["test"]
+        train, val = ({p for p, _ in split.splits[s]} for s in ("train", "val"))
+        assert not train & val and train | val == pool
+        assert per_class(split.splits["val"]) == {0: 6, 1: 6, 2: 6}
+    vals = [{p for p, _ in split.splits["val"]} for split in folds]
+    assert sum(map(len, vals)) == len(set.union(*vals)) == len(pool) == 54
+    assert discover_splits(DataConfig(root=str(root), test_fraction=0.1, folds=3, fold=1), root) == folds[1]
+    with_val = tmp_path / "with_val"
+    for split, n in (("train", 8), ("val", 4), ("test", 2)):
+        make_image_folder(with_val / split, classes=2, per_class=n)
+    split = discover_splits(DataConfig(root=str(with_val), folds=4, fold=3), with_val)
+    assert len(split.splits["val"]) == 6 and len(split.splits["train"]) == 18 and len(split.splits["test"]) == 4
+    assert any(p.startswith("val/") for p, _ in split.splits["train"])
+
+
+def test_fold_settings_are_checked_and_the_fold_named_in_the_run():
+    with pytest.raises(ConfigError, match=r"digits.yaml: data.fold: must be below data.folds \(5\)"):
+        load_config(DIGITS, ["data.folds=5", "data.fold=5"])
+    with pytest.raises(ConfigError, match="digits.yaml: data.fold: data.fold needs data.folds"):
+        load_config(DIGITS, ["data.fold=1"])
+    assert run_name_for(load_config(DIGITS, ["data.folds=5", "data.fold=2"]), ["data.folds=5", "data.fold=2"]) == \
+        "digits_fold2_folds5"
+    assert run_name_for(load_config(DIGITS, ["data.folds=5"]), ["data.folds=5"]) == "digits_fold0_folds5"
 
 
 def test_split_classes_must_agree(tmp_path):
@@ -214,3 +249,17 @@ def test_builtin_digits_materialised_once_as_image_folder(tmp_path):
     assert builtin_root("digits", str(tmp_path)) == root and files[0].stat().st_mtime_ns == stamp
     splits = discover_splits(DataConfig(builtin="digits"), root)
     assert len(splits.classes) == 10 and len(splits.splits["test"]) == 269
+
+
+def test_loader_workers_leave_stop_signals_to_the_process_that_owns_them(tmp_path):
+    """A scheduler signals every process of a job: the workers must not die of it in the middle of an epoch."""
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=8)
+    samples = discover_splits(DataConfig(root=str(root), val_fraction=0.25, test_fraction=0.0), root).splits["train"]
+    dataset = ImageListDataset(root, samples, build_transform(DataConfig(root=str(root), image_size=16), train=False))
+    batches = iter(build_loader(dataset, batch_size=2, shuffle=False, num_workers=2, seed=0))
+    first = next(batches)
+    for worker in batches._workers:
+        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            os.kill(worker.pid, signum)
+    time.sleep(0.5)
+    assert len([first, *batches]) == 6  # every batch still comes

@@ -9,6 +9,7 @@ while the others run. After each job: no process of it is left on the machine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -150,6 +151,10 @@ def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
         "one_node_ddp": sbatch("train.sh", [DIGITS, *SHORT], ["--ntasks=2"], env, out),
         "typo": sbatch("train.sh", [DIGITS, "optim.lrr=0.1"], [], env, out),
     }
+    if importlib.util.find_spec("deepspeed"):
+        submitted["deepspeed_machines"] = sbatch(
+            "train_multinode.sh", [DIGITS, *SHORT, "train.mixed_precision=no"], ["--nodes=1", "--ntasks-per-node=2"],
+            env, out, LAUNCH_CONFIG="launch_configs/deepspeed_zero2.yaml")
     # The time-limit job's second attempt gets time to finish: the cycle under test is the first one.
     threading.Thread(target=extend_after_first_requeue, args=(submitted["time_limit"],), daemon=True).start()
     array = sbatch("sweep.sh", [DIGITS, sweep, *SHORT], ["--array=0-1"], env, out)
@@ -225,6 +230,21 @@ def test_two_machines_train_through_multi_node_yaml_like_two_processes_on_one_no
     assert summary(machines.run_dir())["num_processes"] == summary(ddp.run_dir())["num_processes"] == 2
     assert_same_weights(machines.run_dir() / "weights" / "last.safetensors",
                         ddp.run_dir() / "weights" / "last.safetensors")
+
+
+@pytest.mark.deepspeed
+def test_deepspeed_across_machines_goes_through_the_same_script(jobs):
+    if "deepspeed_machines" not in jobs:
+        pytest.skip("the deepspeed extra is not installed (pip install -e '.[deepspeed]')")
+    job = jobs["deepspeed_machines"]
+    info = job.wait()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.log()
+    log = job.log()
+    for rank in (0, 1):
+        assert (f"machine {rank} of 2 on" in log and "deepspeed_zero2.yaml --deepspeed_multinode_launcher standard"
+                in log), log
+    trained = summary(job.run_dir())
+    assert (trained["status"], trained["distributed_type"], trained["num_processes"]) == ("completed", "DEEPSPEED", 2)
 
 
 def test_an_array_sweep_trains_one_config_per_task_and_compare_lists_them(jobs):

@@ -1,0 +1,97 @@
+"""Sweep files (harness.sweep) and the side-by-side comparison of runs (harness/compare.py), in seconds."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from harness.compare import compare_table, format_table
+from harness.config import load_config
+from harness.errors import ConfigError
+from harness.sweep import load_sweep
+from harness.sweep import main as sweep_main
+
+from conftest import DIGITS, REPO
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_grid_gives_every_combination_in_order_and_values_read_back_as_written(tmp_path):
+    path = write(tmp_path, "grid:\n  optim.lr: [1.0e-4, 0.1]\n  data.mean: [[0.5, 0.5, 0.5]]\n"
+                           "  optim.name: [adamw, sgd]\n")
+    runs = load_sweep(path)
+    assert runs[0] == ["optim.lr=0.0001", "data.mean=[0.5, 0.5, 0.5]", "optim.name=adamw"]
+    assert [r[0].split("=")[1] + r[2].split("=")[1] for r in runs] == ["0.0001adamw", "0.0001sgd", "0.1adamw", "0.1sgd"]
+    cfg = load_config(DIGITS, runs[3])
+    assert (cfg.optim.lr, cfg.optim.name, cfg.data.mean) == (0.1, "sgd", [0.5, 0.5, 0.5])
+    assert load_config(DIGITS, runs[0]).optim.lr == 1e-4
+
+
+def test_runs_are_listed_one_by_one(tmp_path):
+    path = write(tmp_path, "runs:\n  - {optim.lr: 0.1, train.epochs: 20}\n  - {data.folds: 5, data.fold: 4}\n")
+    assert load_sweep(path) == [["optim.lr=0.1", "train.epochs=20"], ["data.folds=5", "data.fold=4"]]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grid: {optim.lr: 0.1}\n", "each key needs a non-empty list"),
+    ("grid: {optim.lr: []}\n", "each key needs a non-empty list"),
+    ("runs: [0.1]\n", "runs: a list of mappings"),
+    ("grid: {optim.lr: [0.1]}\nruns: [{optim.lr: 1}]\n", "either 'grid:'"),
+    ("lr: [0.1]\n", "either 'grid:'"),
+    ("grid: [\n", "not valid YAML"),
+])
+def test_sweep_file_mistakes_are_one_line_errors(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(write(tmp_path, text))
+
+
+def test_the_command_prints_one_task_checks_keys_and_refuses_tasks_outside_the_sweep(tmp_path, capsys):
+    good = write(tmp_path, "grid:\n  optim.lr: [0.1, 0.01]\n")
+    assert sweep_main([str(good), "--config", str(DIGITS), "--task", "1"]) == 0
+    assert capsys.readouterr().out == "optim.lr=0.01\n"
+    assert sweep_main([str(good), "--task", "2"]) == 2
+    assert "array task 2 is out of range: the sweep has 2 runs (--array=0-1)" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid:\n  optim.lrr: [0.1]\n")
+    assert sweep_main([str(bad), "--config", str(DIGITS)]) == 2
+    assert "optim.lrr: unknown key (did you mean 'optim.lr'?)" in capsys.readouterr().err
+    listed = subprocess.run([sys.executable, "-m", "harness.sweep", "sweeps/lr.yaml"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    assert "4 runs: sbatch --array=0-3 slurm/sweep.sh CONFIG sweeps/lr.yaml" in listed
+
+
+def fake_run(root, name, lr, status, best, test_acc):
+    run = root / name
+    run.mkdir()
+    config = load_config(DIGITS, [f"optim.lr={lr}"])
+    config.save(run / "config.yaml")
+    fields = {"status": status, "epoch": 3, "epochs": 12, "best_val_loss": best, "best_epoch": 2,
+              "best_checkpoint": "step-00000060"}
+    if test_acc is not None:
+        fields["test_acc"] = test_acc
+    (run / "summary.json").write_text(json.dumps(fields))
+    return run
+
+
+def test_compare_shows_status_best_test_and_only_the_config_values_that_differ(tmp_path):
+    a = fake_run(tmp_path, "digits_lr0.1-j7_0", 0.1, "completed", 0.123456, 0.98765)
+    b = fake_run(tmp_path, "digits_lr0.01-j7_1", 0.01, "interrupted", 0.5, None)
+    rows = compare_table([a, b])
+    assert rows == [
+        ["run", "status", "epoch", "best val", "best epoch", "test acc", "optim.lr"],
+        ["digits_lr0.1-j7_0", "completed", "3/12", "val_loss 0.1235", "2", "0.9877", "0.1000"],
+        ["digits_lr0.01-j7_1", "interrupted", "3/12", "val_loss 0.5000", "2", "-", "0.0100"],
+    ]
+    header, first, second = format_table(rows).splitlines()
+    assert header.index("status") == first.index("completed") == second.index("interrupted")  # columns line up
+    (tmp_path / "not_a_run").mkdir()
+    result = subprocess.run([sys.executable, "harness/compare.py", str(a), str(tmp_path / "not_a_run")], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().endswith("not_a_run: not a run directory (no config.yaml)")
+    assert yaml.safe_load((a / "config.yaml").read_text())["optim"]["lr"] == 0.1
