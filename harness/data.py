@@ -6,7 +6,9 @@ sample looks like does not depend on the worker, the process count or a resume.
 
 from __future__ import annotations
 
+import atexit
 import difflib
+import multiprocessing
 import random
 import signal
 from pathlib import Path
@@ -114,9 +116,20 @@ class ImageListDataset(Dataset):
             return self.transform(image), label, index
 
 
-# Signals a scheduler or a terminal sends to every process of a job: the process that owns the loader acts on
-# them and shuts its workers down; a worker killed by one would fail the batch that should end the run cleanly.
+# Signals a scheduler or a terminal sends to every process of a job (SLURM's SIGTERM on a requeue or preemption
+# included): the process that owns the loader acts on them and shuts its workers down; a worker killed by one
+# would fail the batch, or the checkpoint, that should end the run cleanly.
 LEFT_TO_PARENT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@atexit.register  # registered after multiprocessing's own exit hook, so it runs first
+def _kill_leftover_workers() -> None:
+    """At exit, multiprocessing ends the workers a failing loop left behind with SIGTERM, which they ignore:
+    they are killed instead (they hold nothing worth a clean exit)."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join()
 
 
 def _init_worker(worker_id: int) -> None:

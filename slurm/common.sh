@@ -67,7 +67,9 @@ threads_per_process() {
 # group to relay it to.
 GOT_USR1=0 GOT_TERM=0 GROUP=""
 on_signal() {
-    eval "GOT_$1=1"
+    local seen
+    eval "seen=\$GOT_$1; GOT_$1=1"
+    [ "$seen" = 1 ] && return 0  # a repeat: USR1 is resent by supervise until the training has stopped
     if [ "$1" = USR1 ]; then say "got SIGUSR1: asking the training to checkpoint and stop"; else say "got SIGTERM: the job is ending"; fi
     [ -n "$GROUP" ] && "${RELAY:-relay_to_group}" "$1"
     return 0
@@ -156,29 +158,24 @@ run_training() {
         exit $(( SUPERVISED_RC ? SUPERVISED_RC : 1 ))
     fi
     status=$(summary_field "$run" status)
-    if [ "$(stat -c %Y "$run/summary.json" 2>/dev/null || echo 0)" -lt "$started" ]; then
-        status="not started"  # the summary is an earlier attempt's: this one failed before it trained
-    fi
     say "run directory $run: ${status:-no summary}"
-    case "$status" in
-        completed) exit 0 ;;
-        interrupted)
-            if [ "$GOT_USR1" = 1 ]; then
-                if [ "$(stat -c %Y "$run/checkpoints/latest" 2>/dev/null || echo 0)" -lt "$started" ]; then
-                    say "not requeued: this attempt wrote no checkpoint (is the time limit shorter than the start-up?)"
-                    exit 1
-                fi
-                requeue
-            fi
-            exit "$SUPERVISED_RC" ;;
-        *) exit $(( SUPERVISED_RC ? SUPERVISED_RC : 1 )) ;;
-    esac
+    if [ "$GOT_USR1" = 1 ] && [ "$status" = interrupted ]; then
+        # Only this attempt's own checkpoint is a reason to requeue: else the next would stop the same way.
+        if [ "$(stat -c %Y "$run/summary.json")" -ge "$started" ] \
+            && [ "$(stat -c %Y "$run/checkpoints/latest" 2>/dev/null || echo 0)" -ge "$started" ]; then
+            requeue
+        fi
+        say "not requeued: this attempt wrote no checkpoint (is the time limit shorter than the start-up?)"
+        exit 1
+    fi
+    exit "$SUPERVISED_RC"
 }
 
 requeue() {
     local id=$SLURM_JOB_ID
     [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && id=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
     say "requeueing job $id: the next attempt continues from the checkpoint"
-    scontrol requeue "$id" || { say "scontrol requeue $id failed"; exit 1; }
+    # The requeue ends this attempt with a SIGTERM to each of its processes: scontrol must outlive it to report.
+    ( trap '' TERM; exec scontrol requeue "$id" ) || { say "scontrol requeue $id failed"; exit 1; }
     exit 0
 }

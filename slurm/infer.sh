@@ -19,8 +19,8 @@ enter_repo
 run=$1; shift
 [ -f "$run/config.yaml" ] || die "$run: not a run directory (no config.yaml)"
 procs=$(processes_per_node "${SLURM_NTASKS:-1}")
-# Inference has nothing to save: a stop signal ends it at once, and the job runs again from the start.
-relay_kill() { [ "$1" = USR1 ] && kill -KILL -- "-$GROUP" 2>/dev/null; }
+# Inference has nothing to save: a stop signal ends it at once (after USR1 the job runs again from the start).
+relay_kill() { kill -KILL -- "-$GROUP" 2>/dev/null; }
 RELAY=relay_kill
 say "job $(job_tag), attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )), node $(hostname -s): inference for $run"
 supervise accelerate launch --quiet --config_file "${LAUNCH_CONFIG:-$(default_launch_config "$procs")}" \

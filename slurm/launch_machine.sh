@@ -17,4 +17,7 @@ say "machine $rank of $machines on $(hostname -s): $per_machine process(es), $co
 supervise accelerate launch --quiet --config_file "$config_file" --num_machines "$machines" --machine_rank "$rank" \
     --main_process_ip "$main_host" --main_process_port "$port" --num_processes $(( machines * per_machine )) \
     --num_cpu_threads_per_process "$(threads_per_process "$per_machine" "${SLURM_CPUS_PER_TASK:-}")" "${extra[@]}" "$@"
+# A requested stop is not a failure of this machine (srun would end the others' step for it): the batch script
+# reads the outcome from the run's summary.
+[ "$GOT_USR1" = 1 ] && exit 0
 exit "$SUPERVISED_RC"

@@ -13,8 +13,8 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -136,6 +136,12 @@ def extend_after_first_requeue(job: Job, minutes: int = 10) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job.id}", f"TimeLimit={minutes}"], capture_output=True)
 
 
+def signal_after(job: Job, pattern: str) -> None:
+    """``scancel --signal=USR1 --batch`` once ``pattern`` is in the job's output."""
+    job.wait_for_log(pattern)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job.id], capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
     """Every job of this module, submitted together."""
@@ -146,7 +152,8 @@ def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
         "complete": sbatch("train.sh", [DIGITS, *LONG], [], env, out),
         # The time-limit signal comes at SLURM's next 30-second tick after "1 minute - 30 s": within 30 s.
         "time_limit": sbatch("train.sh", [DIGITS, *LONG], ["--time=1", "--signal=B:USR1@30"], env, out),
-        "preempted": sbatch("train.sh", [DIGITS, *LONG], [], env, out),
+        # With a loader worker: SLURM's SIGTERM reaches it too, and it must keep serving until the save.
+        "preempted": sbatch("train.sh", [DIGITS, *LONG, "data.num_workers=1"], [], env, out),
         "machines": sbatch("train_multinode.sh", [DIGITS, *SHORT], ["--nodes=1", "--ntasks-per-node=2"], env, out),
         "one_node_ddp": sbatch("train.sh", [DIGITS, *SHORT], ["--ntasks=2"], env, out),
         "typo": sbatch("train.sh", [DIGITS, "optim.lrr=0.1"], [], env, out),
@@ -160,6 +167,9 @@ def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
     array = sbatch("sweep.sh", [DIGITS, sweep, *SHORT], ["--array=0-1"], env, out)
     for task in (0, 1):
         submitted[f"sweep_{task}"] = Job(f"{array.id}_{task}", out / f"slurm-{array.id}_{task}.out", out / "runs")
+    # An array task requeues itself as an array task; a multi-node job relays the signal to every machine.
+    for name in ("sweep_1", "machines"):
+        threading.Thread(target=signal_after, args=(submitted[name], r"epoch 1/2 "), daemon=True).start()
     yield submitted
     subprocess.run(["scancel", *(job.id for job in submitted.values())], capture_output=True)
 
@@ -167,7 +177,7 @@ def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
 def test_preemption_by_requeue_or_by_signal_checkpoints_requeues_and_finishes_exactly(jobs):
     """``scancel --signal=USR1 --batch`` (what a preempting scheduler or a user sends) and ``scontrol requeue``
     (SIGTERM to every process) in the middle of a run: each time a mid-epoch checkpoint, a requeue and a resume;
-    the third attempt finishes with the weights of the run that was never stopped."""
+    the third attempt finishes with the weights of the run that was never stopped (which had no loader worker)."""
     job = jobs["preempted"]
     at = job.wait_for_log(r"epoch 2/16")
     subprocess.run(["scancel", "--signal=USR1", "--batch", job.id], check=True)
@@ -180,7 +190,7 @@ def test_preemption_by_requeue_or_by_signal_checkpoints_requeues_and_finishes_ex
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "2"), job.log()
     log = job.log()
     assert log.count("saving a checkpoint at epoch") == 2 and log.count("resuming epoch") == 2, log
-    assert "got SIGUSR1" in log and "got SIGTERM" in log
+    assert "got SIGUSR1" in log and "got SIGTERM" in log and " failed" not in log
     run = job.run_dir()
     assert summary(run)["status"] == "completed"
     assert_same_weights(run / "weights" / "last.safetensors", jobs["complete"].run_dir() / "weights" / "last.safetensors")
@@ -212,20 +222,26 @@ def test_the_time_limit_signal_checkpoints_requeues_and_the_next_attempt_finishe
     first, second = log.split("attempt 2,")
     assert "got SIGUSR1" in first and "saving a checkpoint" in first and "requeueing job" in first, log
     assert "resumed from" in second and "run directory" in second and ": completed" in second, log
+    assert " failed" not in log, log  # the requeue ends the attempt, scontrol included, yet it reports success
     assert_same_weights(job.run_dir() / "weights" / "last.safetensors",
                         jobs["complete"].run_dir() / "weights" / "last.safetensors")
 
 
 def test_two_machines_train_through_multi_node_yaml_like_two_processes_on_one_node(jobs):
-    """Two srun tasks stand for two machines (machine ranks 0 and 1, meeting over gloo at the first host):
-    the same weights as a 2-process run of slurm/train.sh on one node."""
+    """Two srun tasks stand for two machines (machine ranks 0 and 1, meeting over gloo at the first host),
+    stopped by SIGUSR1 in the second epoch (the batch shell relays it to both machines' training processes),
+    requeued and resumed: the same weights as a 2-process run of slurm/train.sh on one node."""
     machines, ddp = jobs["machines"], jobs["one_node_ddp"]
     for job in (machines, ddp):
         info = job.wait()
         assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.log()
+    assert machines.info()["Restarts"] == "1" and ddp.info()["Restarts"] == "0"
     log = machines.log()
-    assert "machine 0 of 2" in log and "machine 1 of 2" in log and "(MULTI_CPU, 2 process(es)" in log, log
-    assert log.count("launch_configs/multi_node.yaml") == 2, log
+    assert "requeueing job" in log and "resumed from" in log, log
+    assert "CANCELLED" not in log.split("requeueing job")[0], log  # a requested stop ends no machine's step early
+    assert log.count("machine 0 of 2") == log.count("machine 1 of 2") == 2, log
+    assert "(MULTI_CPU, 2 process(es)" in log, log
+    assert log.count("launch_configs/multi_node.yaml") == 4, log  # two machines, two attempts
     assert "launch_configs/cpu_ddp.yaml --num_processes 2" in ddp.log()
     assert summary(machines.run_dir())["num_processes"] == summary(ddp.run_dir())["num_processes"] == 2
     assert_same_weights(machines.run_dir() / "weights" / "last.safetensors",
@@ -256,8 +272,11 @@ def test_an_array_sweep_trains_one_config_per_task_and_compare_lists_them(jobs):
         (run,) = job.runs.glob(f"*-j{job.id}")
         runs.append(run)
     assert [summary(r)["status"] for r in runs] == ["completed", "completed"]
+    signalled = jobs["sweep_1"]  # stopped by SIGUSR1 in its second epoch: requeued as an array task, resumed
+    assert signalled.info()["Restarts"] == "1", signalled.log()
+    assert f"requeueing job {signalled.id}" in signalled.log() and "resumed from" in signalled.log()
     assert ["lr0.003" in runs[0].name, "lr0.001" in runs[1].name] == [True, True]
-    table = subprocess.run([shutil.which("python") or "python", "harness/compare.py", *map(str, runs)], cwd=REPO,
+    table = subprocess.run([sys.executable, "harness/compare.py", *map(str, runs)], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.splitlines()
     assert table[0].split()[:3] == ["run", "status", "epoch"] and "optim.lr" in table[0]
     for run, row in zip(runs, table[1:]):
