@@ -1,13 +1,15 @@
 """Compare runs side by side: ``python harness/compare.py runs/a runs/b ...`` (or ``harness-compare``).
 
 One row per run from its ``summary.json`` and ``config.yaml``: status, progress, the best validation metric and
-its epoch, the final test accuracy, and the config values that differ between the runs (a sweep's parameters).
+its epoch, the final test accuracy, and the config values that differ between the runs (a sweep's parameters);
+then the mean and standard deviation over the runs (a cross-validation's score).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -29,18 +31,35 @@ def compare_table(paths: list[Path]) -> list[list[str]]:
     varying = [key for key in sorted({k for _, config in runs for k in config})
                if len({json.dumps(config.get(key), sort_keys=True) for _, config in runs}) > 1]
     rows = [["run", "status", "epoch", "best val", "best epoch", "test acc", *varying]]
-    for path, (summary, config) in zip(paths, runs):
-        best = next(((k, v) for k, v in summary.items() if k.startswith("best_") and k not in SKIPPED_BEST), None)
+    bests = [_best(summary) for summary, _ in runs]
+    for path, (summary, config), best in zip(paths, runs, bests):
         rows.append([
             path.name,
             str(summary.get("status") or "-"),
             f"{summary.get('epoch', '-')}/{summary.get('epochs', '-')}",
-            f"{best[0][5:]} {_number(best[1])}" if best else "-",
+            f"{best[0]} {_number(best[1])}" if best else "-",
             str(summary.get("best_epoch") or "-"),
             _number(summary.get("test_acc")),
             *(_value(config.get(key)) for key in varying),
         ])
+    monitors = {best[0] for best in bests if best}
+    tests = [summary["test_acc"] for summary, _ in runs if isinstance(summary.get("test_acc"), float)]
+    if len(runs) > 1 and len(monitors) == 1 and all(bests):  # e.g. the folds of a cross-validation
+        rows.append([f"mean ± std of {len(runs)}", "", "", f"{monitors.pop()} {_spread([b[1] for b in bests])}", "",
+                     _spread(tests) if len(tests) == len(runs) else "-", *([""] * len(varying))])
     return rows
+
+
+def _best(summary: dict) -> tuple[str, float] | None:
+    """The monitored metric's best value, e.g. ("val_acc", 0.98), from ``best_val_acc``."""
+    for key, value in summary.items():
+        if key.startswith("best_") and key not in SKIPPED_BEST and isinstance(value, float):
+            return key[5:], value
+    return None
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
 
 
 def _read(run: RunDir) -> tuple[dict, dict]:

@@ -87,8 +87,9 @@ def test_compare_shows_status_best_test_and_only_the_config_values_that_differ(t
         ["run", "status", "epoch", "best val", "best epoch", "test acc", "optim.lr"],
         ["digits_lr0.1-j7_0", "completed", "3/12", "val_loss 0.1235", "2", "0.9877", "0.1000"],
         ["digits_lr0.01-j7_1", "interrupted", "3/12", "val_loss 0.5000", "2", "-", "0.0100"],
+        ["mean ± std of 2", "", "", "val_loss 0.3117 ± 0.1883", "", "-", ""],
     ]
-    header, first, second = format_table(rows).splitlines()
+    header, first, second, _ = format_table(rows).splitlines()
     assert header.index("status") == first.index("completed") == second.index("interrupted")  # columns line up
     (tmp_path / "not_a_run").mkdir()
     result = subprocess.run([sys.executable, "harness/compare.py", str(a), str(tmp_path / "not_a_run")], cwd=REPO,
