@@ -176,8 +176,9 @@ def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
 
 def test_preemption_by_requeue_or_by_signal_checkpoints_requeues_and_finishes_exactly(jobs):
     """``scancel --signal=USR1 --batch`` (what a preempting scheduler or a user sends) and ``scontrol requeue``
-    (SIGTERM to every process) in the middle of a run: each time a checkpoint where it stands (mid-epoch), a requeue and a resume;
-    the third attempt finishes with the weights of the run that was never stopped (which had no loader worker)."""
+    (SIGTERM to every process) in the middle of a run: each time a checkpoint where it stands (mid-epoch), a
+    requeue and a resume; the third attempt finishes with the weights of the run that was never stopped (which had
+    no loader worker)."""
     job = jobs["preempted"]
     at = job.wait_for_log(r"epoch 2/16")
     subprocess.run(["scancel", "--signal=USR1", "--batch", job.id], check=True)
