@@ -13,6 +13,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from harness.atomic import atomic_path, write_atomic
 from harness.config import DataConfig
@@ -171,14 +172,8 @@ def _check_classes(data: DataSplits, root: Path) -> None:
 def stratified_split(samples: Samples, fractions: dict[str, float], seed: int) -> dict[str, Samples]:
     """Split ``samples`` per class: each named split gets round(fraction * class size) of every class, the
     rest stays in ``train``. Depends only on ``seed`` and the sample list."""
-    rng = random.Random(seed)
-    by_class: dict[int, Samples] = {}
-    for sample in samples:
-        by_class.setdefault(sample[1], []).append(sample)
     out: dict[str, Samples] = {"train": [], **{name: [] for name in fractions}}
-    for label in sorted(by_class):
-        members = sorted(by_class[label])
-        rng.shuffle(members)
+    for members in _shuffled_classes(samples, seed):
         start = 0
         for name, fraction in fractions.items():
             count = int(round(fraction * len(members)))
@@ -192,16 +187,22 @@ def stratified_folds(samples: Samples, folds: int, fold: int, seed: int) -> dict
     """Fold ``fold`` of ``folds`` as the ``val`` split, the others as ``train``: every class is shuffled
     (depending only on ``seed``) and dealt round the folds, continuing where the previous class stopped, so
     each fold holds a near-equal share of every class and of the whole."""
-    rng = random.Random(seed)
-    by_class: dict[int, Samples] = {}
-    for sample in samples:
-        by_class.setdefault(sample[1], []).append(sample)
     out: dict[str, Samples] = {"train": [], "val": []}
     dealt = 0
-    for label in sorted(by_class):
-        members = sorted(by_class[label])
-        rng.shuffle(members)
+    for members in _shuffled_classes(samples, seed):
         for sample in members:
             out["val" if dealt % folds == fold else "train"].append(sample)
             dealt += 1
     return {name: sorted(split) for name, split in out.items()}
+
+
+def _shuffled_classes(samples: Samples, seed: int) -> Iterator[Samples]:
+    """Each class's samples, class by class in label order, shuffled by one generator seeded with ``seed``."""
+    rng = random.Random(seed)
+    by_class: dict[int, Samples] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    for label in sorted(by_class):
+        members = sorted(by_class[label])
+        rng.shuffle(members)
+        yield members

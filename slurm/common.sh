@@ -150,7 +150,7 @@ summary_field() {
 run_training() {
     local started run status
     started=$(date +%s)
-    say "job $(job_tag), attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )), node $(hostname -s): $*"
+    announce_attempt "$*"
     supervise "$@"
     run=$(find_run_dir)
     if [ -z "$run" ]; then
@@ -171,9 +171,14 @@ run_training() {
     exit "$SUPERVISED_RC"
 }
 
+# The first line of every attempt in the output file (SLURM_RESTART_COUNT is unset on the first one).
+announce_attempt() {
+    say "job $(job_tag), attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )), node $(hostname -s): $1"
+}
+
 requeue() {
-    local id=$SLURM_JOB_ID
-    [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && id=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
+    local id
+    id=$(job_tag)  # an array task by its array id and index
     say "requeueing job $id: the next attempt continues from the checkpoint"
     # The requeue ends this attempt with a SIGTERM to each of its processes: scontrol must outlive it to report.
     ( trap '' TERM; exec scontrol requeue "$id" ) || { say "scontrol requeue $id failed"; exit 1; }

@@ -22,7 +22,7 @@ procs=$(processes_per_node "${SLURM_NTASKS:-1}")
 # Inference has nothing to save: a stop signal ends it at once (after USR1 the job runs again from the start).
 relay_kill() { kill -KILL -- "-$GROUP" 2>/dev/null; }
 RELAY=relay_kill
-say "job $(job_tag), attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )), node $(hostname -s): inference for $run"
+announce_attempt "inference for $run"
 supervise accelerate launch --quiet --config_file "${LAUNCH_CONFIG:-$(default_launch_config "$procs")}" \
     --num_processes "$procs" --num_cpu_threads_per_process "$(threads_per_process "$procs")" \
     harness/infer.py --run "$run" "$@"
