@@ -23,7 +23,7 @@ DEEPSPEED_BUCKETS = {"reduce_bucket_size": 500_000_000, "allgather_bucket_size":
                      "stage3_prefetch_bucket_size": 50_000_000}
 
 
-def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, seed: int = 0,
+def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
                       clip_grad_norm: float | None = None, batch_size: int | None = None) -> Accelerator:
     """``mixed_precision=None`` leaves precision to the launch config (ACCELERATE_MIXED_PRECISION)."""
     launched = launched_processes()
@@ -40,8 +40,9 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, se
         gradient_accumulation_steps=grad_accum_steps,
         # The scheduler is stepped once per optimizer update by the loop, never once per process.
         step_scheduler_with_optimizer=False,
-        # Shuffling depends only on (seed, epoch), identically on every process.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+        # Batches go to the device without waiting (from pinned memory on a GPU). The shuffle is the train
+        # loader's own (harness.data.EpochSampler), a function of (seed, epoch) alike on every process.
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
         kwargs_handlers=handlers,
     )
     check_world(accelerator, launched)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
@@ -24,7 +25,7 @@ from harness.accel import environment, log_to_file, on_main, size_deepspeed_buck
 from harness.builtin import data_root
 from harness.checkpoint import clean_temporary
 from harness.config import Config
-from harness.data import ImageListDataset, build_loader, build_transform, eval_loader
+from harness.data import ImageListDataset, build_loader, build_transform, eval_loader, image_cache
 from harness.evaluation import match_buffers_to_params
 from harness.models import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler
@@ -70,8 +71,7 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     else:  # found and checked once, so that every process trains on exactly the same images
         splits = on_main(accelerator, lambda: discover_splits(cfg.data, root))
     train_loader, eval_loaders = build_loaders(cfg, splits)
-    model = build_model(cfg.model, len(splits.classes))
-    optimizer = build_optimizer(cfg.optim, model)
+    optimizer = build_optimizer(cfg.optim, model := _model(cfg, len(splits.classes)))
     criterion = build_criterion(cfg.loss, splits.class_counts("train")).to(accelerator.device)
 
     _prepare_run_dir(accelerator, rundir, cfg, splits, fresh=plan.resume_from is None)
@@ -91,6 +91,7 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs, updates_per_epoch)
     # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
     size_deepspeed_buckets(accelerator, model)
+    parameters = num_parameters(model)  # before ZeRO-3 partitions them
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     match_buffers_to_params(model)
     state = _restore(accelerator, cfg, plan.resume_from)
@@ -101,7 +102,7 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     facts = {
         "run": rundir.name, "run_dir": str(rundir.root), "started_at": state.started_at,
         "resumed_from": str(plan.resume_from) if plan.resume_from else None, **env,
-        "num_parameters": num_parameters(accelerator.unwrap_model(model)), "num_classes": len(splits.classes),
+        "num_parameters": parameters, "num_classes": len(splits.classes),
         "images": {split: len(samples) for split, samples in splits.splits.items()},
         "skipped_images": len(splits.skipped), "warnings": notes,
     }
@@ -113,15 +114,29 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
 
 
 def build_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """The shuffled, augmented train loader, and one unshuffled, unaugmented loader per split."""
+    """The shuffled, augmented train loader, and one unshuffled, unaugmented loader per split; the loaders
+    read every epoch (train, val) keep their workers. A split's image cache serves both its loaders."""
+    caches = {split: image_cache(cfg.data.cache, splits.root, samples, cfg.data)
+              for split, samples in splits.splits.items()}
     train_set = ImageListDataset(splits.root, splits.splits["train"], build_transform(cfg.data, train=True),
-                                 augment_seed=cfg.train.seed, max_pixels=cfg.data.max_image_pixels)
-    train_loader = build_loader(train_set, cfg.train.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-                                seed=cfg.train.seed)
+                                 augment_seed=cfg.train.seed, max_pixels=cfg.data.max_image_pixels,
+                                 cache=caches["train"])
+    train_loader = build_loader(train_set, cfg.train.batch_size, num_workers=cfg.data.num_workers,
+                                seed=cfg.train.seed, shuffle=True, persistent=True)
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
-    eval_loaders = {split: eval_loader(cfg.data, splits.root, samples, batch_size, cfg.train.seed)
+    eval_loaders = {split: eval_loader(cfg.data, splits.root, samples, batch_size, cfg.train.seed,
+                                       cache=caches[split], persistent=split == "val")
                     for split, samples in splits.splits.items()}
     return train_loader, eval_loaders
+
+
+def _model(cfg: Config, num_classes: int) -> nn.Module:
+    model = build_model(cfg.model, num_classes)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        model.compile()  # in place: the state dict, and so checkpoints and weights, keep their keys
+    return model
 
 
 def _prepare_run_dir(accelerator: Accelerator, rundir: RunDir, cfg: Config, splits: DataSplits, fresh: bool) -> None:

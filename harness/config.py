@@ -85,7 +85,7 @@ class Section:
 class DataConfig(Section):
     builtin: Optional[Literal["digits"]] = None  # a data set that ships with a dependency
     root: Optional[str] = None  # an ImageFolder tree: root/{train,val,test}/<class>/*, or root/<class>/*
-    cache_dir: Optional[str] = None  # where built-in data is materialised; default ~/.cache/harness
+    cache_dir: Optional[str] = None  # built-in data and data.cache: disk live here; default ~/.cache/harness
     val_fraction: float = rule(0.1, FRACTION)  # share of the train pool held out for validation when root/val is absent
     test_fraction: float = rule(0.1, FRACTION)  # same for the test split when root/test is absent
     split_seed: int = 0  # the stratified split depends on this only, not on train.seed
@@ -95,7 +95,8 @@ class DataConfig(Section):
     mean: List[float] = rule(check=count(3, " (R, G, B)"), factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = rule(check=count(3, " (R, G, B)"), factory=lambda: list(IMAGENET_STD))
     augmentations: List[Any] = field(default_factory=lambda: ["hflip"])  # names or {name: ..., <kwargs>}
-    num_workers: int = rule(2, at_least(0))
+    num_workers: Optional[int] = rule(None, at_least(0))  # per process; null: the process's share of the CPUs, up to 8
+    cache: Literal["none", "memory", "disk"] = "none"  # decoded, resized images kept: in the process, or on disk
     on_bad_image: Literal["error", "skip"] = "error"  # an unreadable image: stop naming them all, or leave them out
     max_image_pixels: Optional[int] = rule(89_478_485, at_least(1))  # larger images are bad (decompression bombs)
 
@@ -123,6 +124,7 @@ class ModelConfig(Section):
     name: str = "resnet18"
     pretrained: bool = False  # torchvision weights, only from the local torch hub cache
     kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to the model's constructor
+    channels_last: bool = False  # NHWC weights and inputs: faster convolutions on GPUs with tensor cores
 
 
 @dataclass
@@ -167,6 +169,7 @@ class TrainConfig(Section):
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None  # null: as the launch config says
     seed: int = 42
     deterministic: bool = False
+    compile: bool = False  # torch.compile the model (the first steps compile it; checkpoints and weights unchanged)
     skip_nonfinite_steps: int = rule(0, at_least(0))  # updates with a NaN/inf loss to skip before the run fails
 
     def check_engine(self, deepspeed: bool) -> None:

@@ -1,7 +1,11 @@
 """Transforms, the dataset and the loaders over a split (``harness.splits`` finds the splits).
 
-Random augmentations are seeded per sample from ``(seed, epoch, index)``: what a
-sample looks like does not depend on the worker, the process count or a resume.
+Random augmentations are seeded per sample from ``(seed, epoch, index)``, and the epoch comes with each
+index from the sampler (``EpochSampler``): what a sample looks like does not depend on the worker, the
+process count or a resume, and the loader's workers live across epochs.
+
+A sample leaves its worker as ``uint8`` (scaled and normalised on the device, ``harness.evaluation.ModelInputs``)
+unless an augmentation works on the normalised tensor (``random_erasing``).
 """
 
 from __future__ import annotations
@@ -9,18 +13,21 @@ from __future__ import annotations
 import atexit
 import difflib
 import multiprocessing
+import os
 import random
 import signal
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision import transforms as T
 
 from harness.config import DataConfig
 from harness.errors import ConfigError
+from harness.image_cache import ImageCache, build_cache
 from harness.images import load_image
 from harness.splits import Samples
 
@@ -40,23 +47,45 @@ AUGMENTATIONS: dict[str, Callable[..., Callable]] = {
 TENSOR_AUGMENTATIONS = {"random_erasing": lambda size, **kw: T.RandomErasing(**kw)}
 
 
-def build_transform(cfg: DataConfig, train: bool) -> Callable:
-    """Resize -> [augmentations, train only] -> tensor -> normalize -> [tensor augmentations, train only]."""
-    size = cfg.image_size
+def resizer(size: int) -> Callable[[Image.Image], Image.Image]:
+    return T.Resize((size, size), antialias=True)
+
+
+def image_cache(mode: str, root: Path, samples: Samples, cfg: DataConfig) -> ImageCache | None:
+    """``data.cache`` over ``samples``: the images the transforms' resize makes (None for ``none``)."""
+    return build_cache(mode, root, samples, cfg, resizer(cfg.image_size))
+
+
+class SampleTransform:
+    """Resize to ``size`` x ``size`` (what ``data.cache`` keeps), then the rest: [augmentations, train only] ->
+    uint8 tensor, or, when a tensor augmentation follows normalisation, -> normalised float -> augmentation."""
+
+    def __init__(self, size: int, rest: list[Callable]) -> None:
+        self.resize = resizer(size)
+        self.rest = T.Compose(rest)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.rest(self.resize(image))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.resize!r}, {self.rest!r})"
+
+
+def build_transform(cfg: DataConfig, train: bool) -> SampleTransform:
     pil_ops, tensor_ops = [], []
     for i, spec in enumerate(cfg.augmentations):
         name, kwargs = _augmentation_spec(spec, f"data.augmentations[{i}]")
         table = TENSOR_AUGMENTATIONS if name in TENSOR_AUGMENTATIONS else AUGMENTATIONS
         try:
-            op = table[name](size, **kwargs)
+            op = table[name](cfg.image_size, **kwargs)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"data.augmentations[{i}] ({name}): {e}") from None
         (tensor_ops if table is TENSOR_AUGMENTATIONS else pil_ops).append(op)
-    ops = [T.Resize((size, size), antialias=True)]
-    ops += pil_ops if train else []
-    ops += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
-    ops += tensor_ops if train else []
-    return T.Compose(ops)
+    if not train:
+        return SampleTransform(cfg.image_size, [T.PILToTensor()])
+    if tensor_ops:
+        return SampleTransform(cfg.image_size, [*pil_ops, T.ToTensor(), T.Normalize(cfg.mean, cfg.std), *tensor_ops])
+    return SampleTransform(cfg.image_size, [*pil_ops, T.PILToTensor()])
 
 
 def _augmentation_spec(spec, key: str) -> tuple[str, dict]:
@@ -82,23 +111,41 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 0x9E3779B1 + epoch * 0x85EBCA77 + index * 0xC2B2AE3D) % (2**63)
 
 
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)``: the order of accelerate's seedable sampler (a permutation seeded with
+    ``seed + epoch``, the same on every process), with the epoch each index is drawn in, for its augmentation."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # accelerate's DataLoaderShard.set_epoch reaches it
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        epoch = self.epoch
+        return ((epoch, index) for index in torch.randperm(self.size, generator=generator).tolist())
+
+
 class ImageListDataset(Dataset):
     """Yields ``(image tensor, label, index)``; ``index`` lets evaluation write per-sample results.
 
-    With ``augment_seed`` set, each sample's random transform is seeded from (seed, epoch, index) inside a
-    forked RNG, so augmentation is reproducible and leaves the caller's RNG untouched."""
+    An item is an index, or ``(epoch, index)`` from ``EpochSampler``. With ``augment_seed`` set, each
+    sample's random transform is seeded from (seed, epoch, index); in the training process itself (no
+    workers) inside a forked RNG, so that the caller's RNG is left untouched. With a ``cache``, the resized
+    image comes from it, the same pixels the file gives."""
 
-    def __init__(self, root: Path, samples: Samples, transform: Callable, augment_seed: int | None = None,
-                 max_pixels: int | None = None):
+    def __init__(self, root: Path, samples: Samples, transform: SampleTransform, augment_seed: int | None = None,
+                 max_pixels: int | None = None, cache: ImageCache | None = None):
         self.root = Path(root)
         self.samples = samples
         self.transform = transform
         self.augment_seed = augment_seed
         self.max_pixels = max_pixels
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:  # called by the trainer at the start of every epoch
-        self.epoch = epoch
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -106,14 +153,23 @@ class ImageListDataset(Dataset):
     def path(self, index: int) -> str:
         return self.samples[index][0]
 
-    def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        image = load_image(self.root / path, self.max_pixels)
+    def resized(self, index: int) -> Image.Image:
+        if self.cache is not None:
+            return self.cache.image(index)
+        return self.transform.resize(load_image(self.root / self.samples[index][0], self.max_pixels))
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        image, label = self.resized(index), self.samples[index][1]
         if self.augment_seed is None:
-            return self.transform(image), label, index
+            return self.transform.rest(image), label, index
+        seed = _sample_seed(self.augment_seed, epoch, index)
+        if get_worker_info() is not None:  # a worker's RNG serves nothing else
+            torch.default_generator.manual_seed(seed)
+            return self.transform.rest(image), label, index
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.augment_seed, self.epoch, index))
-            return self.transform(image), label, index
+            torch.default_generator.manual_seed(seed)
+            return self.transform.rest(image), label, index
 
 
 # Signals a scheduler or a terminal sends to every process of a job (SLURM's SIGTERM on a requeue or preemption
@@ -140,23 +196,48 @@ def _init_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """Loader workers per process when ``data.num_workers`` is null: this process's share of the CPUs it may
+    run on (the launcher's processes on this machine share them), at most 8."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0)) // local_processes))
+
+
+def build_loader(dataset: ImageListDataset, batch_size: int, num_workers: int | None, seed: int,
+                 shuffle: bool = False, persistent: bool = False) -> DataLoader:
+    """``shuffle``: in the order of an ``EpochSampler`` seeded with ``seed``. ``persistent``: the workers live
+    across epochs (for loaders read every epoch). ``num_workers`` None: ``default_workers()``."""
+    num_workers = default_workers() if num_workers is None else num_workers
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochSampler(len(dataset), seed) if shuffle else None,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_init_worker,
         generator=generator,
-        # Workers must see each epoch's dataset.set_epoch, so they are not kept across epochs.
-        persistent_workers=False,
+        persistent_workers=persistent and num_workers > 0,
     )
 
 
-def eval_loader(cfg: DataConfig, root: Path, samples: Samples, batch_size: int, seed: int) -> DataLoader:
+def release_workers(loader) -> None:
+    """End the workers a loader keeps across epochs (``persistent``) once it will not be read again: they hold
+    memory. ``loader`` may be accelerate's wrapper around a DataLoader."""
+    loader = getattr(loader, "base_dataloader", loader)
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
+def eval_loader(cfg: DataConfig, root: Path, samples: Samples, batch_size: int, seed: int,
+                cache: ImageCache | None = None, persistent: bool = False) -> DataLoader:
     """An unshuffled, unaugmented loader over ``samples``: validation, the final test and inference."""
-    dataset = ImageListDataset(root, samples, build_transform(cfg, train=False), max_pixels=cfg.max_image_pixels)
-    return build_loader(dataset, batch_size, shuffle=False, num_workers=cfg.num_workers, seed=seed)
+    dataset = ImageListDataset(root, samples, build_transform(cfg, train=False), max_pixels=cfg.max_image_pixels,
+                               cache=cache)
+    return build_loader(dataset, batch_size, num_workers=cfg.num_workers, seed=seed, persistent=persistent)

@@ -6,7 +6,9 @@ end of the epoch needs them, so a step costs no host synchronisation for metrics
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from accelerate import Accelerator
@@ -25,6 +27,27 @@ class TrainedEpoch:
     accuracy: float
     images: int  # trained in this session (a resumed epoch counts only its rest)
     seconds: float
+    data_wait_seconds: float  # of ``seconds``, spent waiting for the loader (on the main process)
+
+
+class DataWait:
+    """Counts the time the loop spends waiting for its next batch."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def batches(self, loader) -> Iterator:
+        started = time.perf_counter()
+        batches = iter(loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - started
+            yield batch
+            started = time.perf_counter()
 
 
 class EpochMeter:
@@ -57,16 +80,17 @@ class EpochMeter:
         self.window.zero_()
         return (total[0] / total[1]).item()
 
-    def result(self, seconds: float) -> TrainedEpoch:
+    def result(self, seconds: float, data_wait_seconds: float) -> TrainedEpoch:
         """The epoch's figures. A collective."""
         loss_sum, correct, count = self.totals()
-        return TrainedEpoch(loss_sum / count, correct / count, int(count - self.carried_images), seconds)
+        return TrainedEpoch(loss_sum / count, correct / count, int(count - self.carried_images), seconds,
+                            data_wait_seconds)
 
 
-def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, lr: float, monitor: str,
+def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, val_seconds: float, lr: float, monitor: str,
                  best: float | None) -> tuple[dict, bool]:
     """The history row of ``epoch`` (0-based) and whether its ``monitor`` value beats ``best``; a tie keeps the
-    earlier epoch. Pure: nothing is read or written."""
+    earlier epoch. Throughput counts the images of every process. Pure: nothing is read or written."""
     record = {
         "epoch": epoch + 1,
         "train_loss": trained.loss,
@@ -75,7 +99,9 @@ def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, lr: float,
         "val_acc": val.accuracy(),
         "lr": lr,
         "epoch_seconds": trained.seconds,
-        "images_per_second": trained.images / max(trained.seconds, 1e-9),
+        "train_images_per_second": trained.images / max(trained.seconds, 1e-9),
+        "val_images_per_second": len(val) / max(val_seconds, 1e-9),
+        "data_wait": trained.data_wait_seconds / max(trained.seconds, 1e-9),
     }
     value = record[monitor]
     improved = best is None or (value > best if HIGHER_IS_BETTER[monitor] else value < best)

@@ -28,9 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # before the heavy imports: --help and usage errors answer at once
     from harness.predict import predict
 
-    return run_cli(lambda: predict(parse_args(argv)))
+    return run_cli(lambda: predict(args))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ from harness.accel import build_accelerator, leave_together, setup_logging
 from harness.atomic import write_atomic
 from harness.builtin import data_root
 from harness.config import Config, ModelConfig, load_config
-from harness.data import eval_loader
+from harness.data import eval_loader, image_cache
 from harness.errors import CheckpointError, DataError
-from harness.evaluation import evaluate
+from harness.evaluation import ModelInputs, evaluate
 from harness.images import IMG_EXTENSIONS, bad_images
 from harness.metrics import Predictions
 from harness.models import build_model
@@ -36,13 +36,15 @@ def predict(args: argparse.Namespace) -> int:
     model, meta = _trained_model(run.weights_file(args.checkpoint))
     # Default: the precision the run trained in (from its run config or its launch config).
     precision = args.mixed_precision or cfg.train.mixed_precision or meta.get("mixed_precision")
-    accelerator = build_accelerator(precision, seed=cfg.train.seed)
+    accelerator = build_accelerator(precision)
     setup_logging(accelerator)
 
     samples, root, name = _samples(args, run, cfg)
     batch_size = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
-    model, loader = accelerator.prepare(model, eval_loader(cfg.data, root, samples, batch_size, cfg.train.seed))
-    preds = evaluate(accelerator, model, loader)
+    # A disk cache serves inference too; building one in memory for a single pass would gain nothing.
+    cache = image_cache("disk", root, samples, cfg.data) if cfg.data.cache == "disk" and not args.images else None
+    model, loader = accelerator.prepare(model, eval_loader(cfg.data, root, samples, batch_size, cfg.train.seed, cache))
+    preds = evaluate(accelerator, model, loader, ModelInputs(model, cfg.data))
     if accelerator.is_main_process:
         out = Path(args.out) if args.out else run.inference(name)
         facts = {"run": str(run.root), "split": name, "checkpoint": args.checkpoint, "epoch": meta.get("epoch"),

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from harness.atomic import atomic_path, write_atomic
 from harness.metrics import Predictions
 from harness.rundir import RunDir
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"]
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: it takes most of a second
+    from matplotlib.figure import Figure
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
+                   "train_images_per_second", "val_images_per_second", "data_wait"]
 
 
 class Reporter:
@@ -45,9 +49,10 @@ class Reporter:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
 
-    def figure(self, tag: str, figure: Figure, step: int) -> None:
+    def image(self, tag: str, pixels: np.ndarray, step: int) -> None:
+        """An RGB image (height x width x 3, uint8), such as a figure ``save_png`` rendered."""
         if self.writer is not None:
-            self.writer.add_figure(tag, figure, step, close=False)
+            self.writer.add_image(tag, pixels, step, dataformats="HWC")
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -66,18 +71,16 @@ class Reporter:
 def write_split_outputs(
     preds: Predictions, classes: list[str], paths: list[str], report: Path, matrix_png: Path, csv_path: Path,
     title: str,
-) -> Figure | None:
+) -> np.ndarray | None:
     """Per-sample CSV always; for labeled data also the classification report and the confusion matrix
-    (returned as a figure, for TensorBoard)."""
+    (whose pixels are returned, for TensorBoard)."""
     write_predictions_csv(preds, classes, paths, csv_path)
     if not preds.labeled:
         return None
     report.parent.mkdir(parents=True, exist_ok=True)
     header = f"{title}\naccuracy: {preds.accuracy():.6f} ({int((preds.predicted == preds.labels).sum())}/{len(preds)})\n\n"
     write_atomic(report, header + preds.report(classes))
-    figure = confusion_figure(preds.confusion(len(classes)), classes, title)
-    save_png(figure, matrix_png)
-    return figure
+    return save_png(confusion_figure(preds.confusion(len(classes)), classes, title), matrix_png)
 
 
 def write_predictions_csv(preds: Predictions, classes: list[str], paths: list[str], path: Path) -> None:
@@ -94,6 +97,8 @@ def write_predictions_csv(preds: Predictions, classes: list[str], paths: list[st
 
 
 def confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> Figure:
+    from matplotlib.figure import Figure
+
     n = len(classes)
     size = min(4 + 0.45 * n, 24)
     figure = Figure(figsize=(size, size * 0.85))
@@ -114,6 +119,8 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> Figu
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
     epochs = [h["epoch"] for h in history]
     figure = Figure(figsize=(10, 4))
     for i, metric in enumerate(("loss", "acc")):
@@ -128,6 +135,15 @@ def plot_curves(history: list[dict], path: Path) -> None:
     save_png(figure, path)
 
 
-def save_png(figure: Figure, path: Path) -> None:
+def save_png(figure: Figure, path: Path) -> np.ndarray:
+    """Render ``figure`` once (at 100 dpi) and write it as a PNG; its RGB pixels are returned."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    canvas = FigureCanvasAgg(figure)
+    figure.set_dpi(100)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100, format="png")
+        Image.fromarray(pixels).save(tmp, format="png")
+    return pixels

@@ -28,8 +28,8 @@ def train(args: argparse.Namespace) -> int:
     setup_logging()
     first = resolve_run(args)
     cfg = first.cfg
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.seed,
-                                    cfg.train.clip_grad_norm, cfg.train.batch_size)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.clip_grad_norm,
+                                    cfg.train.batch_size)
     setup_logging(accelerator)
     cfg.train.check_engine(deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
     lock = RunLock(first.run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,19 @@ class RunSummary:
             "skipped_steps": state.skipped_steps,
             "train_seconds": round(state.train_seconds, 3),
             "session_seconds": round(time.perf_counter() - self.session_started, 3),
-            "images_per_second": state.history[-1]["images_per_second"] if state.history else None,
+            "throughput": throughput(state.history),
         }
+
+
+THROUGHPUT = ("train_images_per_second", "val_images_per_second", "data_wait")
+
+
+def throughput(history: list[dict]) -> dict[str, float] | None:
+    """The median over the epochs of train and validation images/s and of the share of the training pass spent
+    waiting for data (the median, since the first epoch also warms up)."""
+    if not history:
+        return None
+    return {key: statistics.median(record[key] for record in history) for key in THROUGHPUT}
 
 
 def record_failure(run: RunDir, error: str) -> None:

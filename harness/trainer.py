@@ -11,17 +11,18 @@ import math
 import signal
 import sys
 import time
-from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from harness.build import Run
 from harness.checkpoint import checkpoint_name, latest_name, save_checkpoint
-from harness.epoch import EpochMeter, TrainedEpoch, epoch_record
+from harness.data import release_workers
+from harness.epoch import DataWait, EpochMeter, TrainedEpoch, epoch_record
 from harness.errors import TrainingDiverged
-from harness.evaluation import evaluate, input_dtype
+from harness.evaluation import ModelInputs, evaluate
 from harness.metrics import Predictions
+from harness.poll import Poll, Poller
 from harness.probes import LoopProbes
 from harness.reporting import plot_curves, write_split_outputs
 from harness.restore import restore_best
@@ -29,14 +30,6 @@ from harness.signals import StopRequest, TrainingInterrupted
 from harness.weights import copy_weights, export_weights
 
 logger = logging.getLogger(__name__)
-
-
-class Poll(NamedTuple):
-    """What every process learns at an optimizer update, the same everywhere."""
-
-    stop: bool  # a stop signal reached some process
-    save_due: bool  # a step or time checkpoint is due
-    nonfinite: bool  # some process has a non-finite loss or gradient norm in this update
 
 
 class Trainer:
@@ -48,10 +41,12 @@ class Trainer:
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.input_dtype = input_dtype(run.model)
+        self.inputs = ModelInputs(run.model, run.cfg.data, run.cfg.model.channels_last)
         self.stop = StopRequest()
+        self.poller = Poller(run.accelerator, run.cfg, self.stop)
         self.probes = LoopProbes(run.accelerator.process_index)
-        self.last_save = time.perf_counter()
+        self.where: dict[int, tuple[int, int]] = {}  # update -> (epoch, batch), since the last poll that checked
+        self.last_val: tuple[int, Predictions] | None = None  # (epoch, predictions) of this session's last validation
 
     def fit(self, stop_after_epochs: int | None = None) -> None:
         """Train to ``train.epochs``, or only ``stop_after_epochs`` more."""
@@ -61,12 +56,15 @@ class Trainer:
         try:
             for epoch in range(self.run.state.epoch, end):
                 trained = self._train_epoch(epoch)
-                val = evaluate(self.run.accelerator, self.run.model, self.run.eval_loaders["val"])
-                self._end_epoch(epoch, trained, val)
+                started = time.perf_counter()
+                val = evaluate(self.run.accelerator, self.run.model, self.run.eval_loaders["val"], self.inputs)
+                self.last_val = (epoch + 1, val)
+                self._end_epoch(epoch, trained, val, time.perf_counter() - started)
                 if self.stop.signum is not None:  # arrived during validation or the save: already checkpointed
                     raise self.stop.interrupted()
         finally:
             self.stop.uninstall()
+            release_workers(self.run.train_loader)
         if end < epochs:
             raise TrainingInterrupted(f"stopped after {stop_after_epochs} epoch(s) (--stop-after-epochs)", 0)
 
@@ -81,15 +79,17 @@ class Trainer:
         bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}", leave=False,
                    disable=not (accelerator.is_main_process and run.cfg.log.progress and sys.stderr.isatty()))
         nonfinite = torch.zeros((), device=accelerator.device, dtype=torch.bool)  # in the accumulation window
+        wait = DataWait()
         started = time.perf_counter()
         run.model.train()
-        for batch_index, (images, labels, indices) in enumerate(loader, start=skip):
+        for batch_index, (images, labels, indices) in enumerate(wait.batches(loader), start=skip):
             self.probes.trace(epoch, batch_index, indices)
             with accelerator.accumulate(run.model):
                 loss, logits = self._forward_backward(images, labels)
                 finite = torch.isfinite(loss)
                 nonfinite |= ~finite
-                poll = self._update(nonfinite, epoch, batch_index) if accelerator.sync_gradients else None
+                poll = (self._update(nonfinite, epoch, batch_index, last=batch_index + 1 == batches)
+                        if accelerator.sync_gradients else None)
             meter.add(loss, logits, labels, finite)
             bar.update(1)
             if poll is None:  # inside an accumulation window
@@ -107,15 +107,13 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - started
         state.train_seconds += seconds
-        return meter.result(seconds)
+        return meter.result(seconds, wait.seconds)
 
     def _epoch_loader(self, epoch: int):
-        """The train loader set to ``epoch``, past the batches a mid-epoch checkpoint already trained."""
+        """The train loader set to ``epoch`` (its sampler hands the epoch on to the augmentations), past the
+        batches a mid-epoch checkpoint already trained."""
         loader, skip = self.run.train_loader, self.run.state.batch_in_epoch
-        loader.set_epoch(epoch)  # the sampler's shuffle
-        # ...and the augmentations: accelerate does not pass the epoch on to the dataset when it shards batches
-        # over several processes (its DataLoaderShard.set_epoch reaches the dataset only in an `elif`).
-        loader.dataset.set_epoch(epoch)
+        loader.set_epoch(epoch)
         if not skip:
             return loader, 0
         logger.info(f"resuming epoch {epoch + 1} at batch {skip + 1}/{len(loader)}")
@@ -125,45 +123,38 @@ class Trainer:
         """The batch's loss (detached) and logits, after its backward pass."""
         run = self.run
         with run.accelerator.autocast():
-            logits = run.model(images.to(self.input_dtype))
+            logits = run.model(self.inputs(images))
             loss = run.criterion(logits.float(), labels)
         loss = self.probes.fault(loss, run.state.global_step + 1)
         run.accelerator.backward(loss)
         return loss.detach(), logits
 
-    def _update(self, nonfinite: torch.Tensor, epoch: int, batch_index: int) -> Poll:
-        """The optimizer update at the end of an accumulation window: clip, poll, step or skip, schedule."""
-        run, clip = self.run, self.run.cfg.train.clip_grad_norm
+    def _update(self, nonfinite: torch.Tensor, epoch: int, batch_index: int, last: bool) -> Poll:
+        """The optimizer update at the end of an accumulation window (``last``: the epoch's): clip, poll, step
+        or skip, schedule."""
+        run, clip, step = self.run, self.run.cfg.train.clip_grad_norm, self.run.state.global_step + 1
         if clip is not None:
             norm = run.accelerator.clip_grad_norm_(run.model.parameters(), clip)
             if run.accelerator.scaler is None and norm is not None:  # fp16's scaler skips overflowing steps itself
                 nonfinite = nonfinite | ~torch.isfinite(torch.as_tensor(norm, device=run.accelerator.device))
-        poll = self._poll(nonfinite)
-        if poll.nonfinite:
-            self._skip_nonfinite(epoch, batch_index)
-        else:
+        self.where[step] = (epoch, batch_index)
+        poll = self.poller.poll(step, nonfinite, check=last or step % run.cfg.log.every_n_steps == 0)
+        if poll.bad_step is not None:
+            self._skip_nonfinite(poll.bad_step)
+        if poll.bad_step != step:
             run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
+        if poll.bad_step is not None or poll.stop or poll.save_due or last:
+            self.where.clear()
         return poll
 
-    def _poll(self, nonfinite: torch.Tensor) -> Poll:
-        """Once per optimizer update, one small collective, so that every process decides alike."""
-        accelerator, every = self.run.accelerator, self.run.cfg.checkpoint
-        minutes_due = (every.every_n_minutes is not None
-                       and time.perf_counter() - self.last_save >= 60 * every.every_n_minutes)
-        flags = torch.stack([
-            torch.tensor(float(self.stop.signum is not None), device=accelerator.device),
-            torch.tensor(float(minutes_due and accelerator.is_main_process), device=accelerator.device),
-            nonfinite.float(),
-        ])
-        stop, minutes, bad = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
-        steps_due = every.every_n_steps is not None and (self.run.state.global_step + 1) % every.every_n_steps == 0
-        return Poll(stop, steps_due or minutes, bad)
-
-    def _skip_nonfinite(self, epoch: int, batch_index: int) -> None:
+    def _skip_nonfinite(self, step: int) -> None:
+        """Skip the non-finite update ``step`` (this one) if allowed; otherwise the run fails. Without
+        ``train.skip_nonfinite_steps``, ``step`` may have been applied already: nothing of it is ever saved."""
         state, allowed = self.run.state, self.run.cfg.train.skip_nonfinite_steps
-        where = f"epoch {epoch + 1}, step {state.global_step + 1} (batch {batch_index + 1})"
+        epoch, batch_index = self.where[step]
+        where = f"epoch {epoch + 1}, step {step} (batch {batch_index + 1})"
         if state.skipped_steps >= allowed:
             raise TrainingDiverged(
                 f"non-finite loss or gradients at {where}"
@@ -189,7 +180,7 @@ class Trainer:
         if meter is not None:
             self.run.state.epoch_sums = meter.totals()
         save_checkpoint(self.run.accelerator, self.run.rundir, self.run.state, self.run.cfg.checkpoint.keep_last)
-        self.last_save = time.perf_counter()
+        self.poller.saved()
 
     def _save_and_stop(self, meter: EpochMeter, seconds: float) -> None:
         """A stop was requested: checkpoint in the middle of the epoch, then end the session."""
@@ -208,9 +199,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------
     # The end of an epoch, and the end of the run
 
-    def _end_epoch(self, epoch: int, trained: TrainedEpoch, val: Predictions) -> None:
+    def _end_epoch(self, epoch: int, trained: TrainedEpoch, val: Predictions, val_seconds: float) -> None:
         run, state, monitor = self.run, self.run.state, self.run.cfg.checkpoint.monitor
-        record, improved = epoch_record(epoch, trained, val, run.scheduler.get_last_lr()[0], monitor, state.best_metric)
+        record, improved = epoch_record(epoch, trained, val, val_seconds, run.scheduler.get_last_lr()[0], monitor,
+                                        state.best_metric)
         if not math.isfinite(record["val_loss"]):
             raise TrainingDiverged(f"non-finite validation loss after epoch {epoch + 1}; nothing of it was saved, the "
                                    f"last checkpoint ({self._latest_name()}) is intact: lower optim.lr or set "
@@ -236,7 +228,8 @@ class Trainer:
         logger.info(
             f"epoch {record['epoch']}/{run.cfg.train.epochs}  train loss {record['train_loss']:.4f} "
             f"acc {record['train_acc']:.4f}  val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
-            f"lr {record['lr']:.3g}  {record['images_per_second']:.0f} img/s{'  *best*' if improved else ''}"
+            f"lr {record['lr']:.3g}  {record['train_images_per_second']:.0f} img/s (val "
+            f"{record['val_images_per_second']:.0f}, data wait {record['data_wait']:.0%}){'  *best*' if improved else ''}"
         )
 
     def _weights_meta(self, record: dict) -> dict:
@@ -253,7 +246,7 @@ class Trainer:
         logger.info(f"evaluating the best weights (epoch {state.best_epoch}, {state.best_checkpoint})")
         results = {}
         for split, loader in run.eval_loaders.items():
-            preds = evaluate(run.accelerator, run.model, loader)
+            preds = self._best_predictions(split, loader)
             results[f"{split}_acc"], results[f"{split}_loss"] = preds.accuracy(), preds.loss()
             logger.info(f"{split}: accuracy {preds.accuracy():.4f} loss {preds.loss():.4f} ({len(preds)} images)")
             if run.accelerator.is_main_process:
@@ -262,13 +255,24 @@ class Trainer:
             plot_curves(state.history, run.rundir.reports / "curves.png")
         return results
 
+    def _best_predictions(self, split: str, loader) -> Predictions:
+        """The best weights' predictions on ``split``: those of the last validation when the best weights are
+        the last ones (restore_best kept them), otherwise evaluated now."""
+        state = self.run.state
+        if split == "val" and state.best_epoch == state.epoch and self.last_val and self.last_val[0] == state.epoch:
+            preds = self.last_val[1]
+        else:
+            preds = evaluate(self.run.accelerator, self.run.model, loader, self.inputs)
+        release_workers(loader)
+        return preds
+
     def _write_split(self, split: str, preds: Predictions) -> None:
         run = self.run
-        figure = write_split_outputs(
+        pixels = write_split_outputs(
             preds, run.splits.classes, [path for path, _ in run.splits.splits[split]],
             report=run.rundir.reports / f"classification_report_{split}.txt",
             matrix_png=run.rundir.reports / f"confusion_matrix_{split}.png",
             csv_path=run.rundir.predictions / f"{split}.csv",
             title=f"{run.rundir.name} - {split} (best, epoch {run.state.best_epoch})",
         )
-        run.reporter.figure(f"confusion_matrix/{split}", figure, run.state.global_step)
+        run.reporter.image(f"confusion_matrix/{split}", pixels, run.state.global_step)

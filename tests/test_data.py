@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from harness.builtin import builtin_root
 from harness.config import DataConfig, load_config, run_name_for
 from harness.data import ImageListDataset, build_loader, build_transform
+from harness.evaluation import ModelInputs
 from harness.images import load_image
 from harness.splits import DataSplits, discover_splits
 from harness.errors import ConfigError, DataError
@@ -201,14 +203,24 @@ def test_data_that_cannot_be_trained_is_refused_and_odd_data_noted(tmp_path):
         discover_splits(DataConfig(root=str(root)), root)
 
 
-def test_transforms_resize_normalise_and_augment_train_only():
-    cfg = DataConfig(builtin="digits", image_size=20, mean=[0.5] * 3, std=[0.5] * 3, augmentations=["hflip"])
-    image = Image.new("RGB", (7, 9), (255, 0, 0))
+def test_transforms_resize_and_augment_train_only_and_the_device_normalises_like_torchvision():
+    cfg = DataConfig(builtin="digits", image_size=20, mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.25],
+                     augmentations=["hflip"])
+    pixels = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
     augmenting, evaluation = build_transform(cfg, train=True), build_transform(cfg, train=False)
     out = evaluation(image)
-    assert out.shape == (3, 20, 20)
-    assert torch.allclose(out[0], torch.ones(20, 20)) and torch.allclose(out[1], -torch.ones(20, 20))
+    assert out.shape == (3, 20, 20) and out.dtype == torch.uint8  # workers hand on bytes
     assert "RandomHorizontalFlip" in repr(augmenting) and "RandomHorizontalFlip" not in repr(evaluation)
+    # The device's scaling and normalisation give torchvision's ToTensor + Normalize, bit for bit.
+    reference = T.Normalize(cfg.mean, cfg.std)(T.ToTensor()(T.Resize((20, 20), antialias=True)(image)))
+    inputs = ModelInputs(torch.nn.Linear(1, 1), cfg, channels_last=True)
+    batch = inputs(torch.stack([out, out]))
+    assert torch.equal(batch[1], reference) and batch.is_contiguous(memory_format=torch.channels_last)
+    # An augmentation of the normalised tensor keeps normalisation in the worker; the device leaves it alone.
+    erasing = build_transform(DataConfig(builtin="digits", image_size=20, augmentations=["random_erasing"]), True)
+    erased = erasing(image)
+    assert erased.dtype == torch.float32 and torch.equal(inputs(erased[None])[0], erased)
 
 
 def test_augmentation_is_seeded_per_sample_and_leaves_global_rng_alone(tmp_path):
@@ -220,12 +232,19 @@ def test_augmentation_is_seeded_per_sample_and_leaves_global_rng_alone(tmp_path)
     b = ImageListDataset(root, samples, build_transform(cfg, train=True), augment_seed=7)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    first = [a[i][0] for i in range(len(a))]
+    first = [a[0, i][0] for i in range(len(a))]  # items are (epoch, index), as EpochSampler yields them
     assert torch.equal(torch.get_rng_state(), before)
-    assert all(torch.equal(x, b[i][0]) for i, x in enumerate(first))  # another dataset, same seed: same images
-    b.set_epoch(1)
-    assert any(not torch.equal(x, b[i][0]) for i, x in enumerate(first))  # a new epoch, new augmentations
-    assert a[2][1:] == (0, 2)  # (image, label, index)
+    assert all(torch.equal(x, b[0, i][0]) for i, x in enumerate(first))  # another dataset, same seed: same images
+    assert any(not torch.equal(x, b[1, i][0]) for i, x in enumerate(first))  # a new epoch, new augmentations
+    assert a[0, 2][1:] == (0, 2)  # (image, label, index)
+    # Persistent workers, any number of them, give each (epoch, sample) the same images as this process.
+    loader = build_loader(a, batch_size=2, num_workers=2, seed=3, shuffle=True, persistent=True)
+    for epoch in (0, 1, 0):
+        loader.sampler.set_epoch(epoch)
+        order = [index for _, index in loader.sampler]
+        assert order == torch.randperm(len(a), generator=torch.Generator().manual_seed(3 + epoch)).tolist()
+        for images, _, indices in loader:
+            assert all(torch.equal(image, b[epoch, i][0]) for image, i in zip(images, indices.tolist()))
 
 
 def test_unknown_augmentation_suggests(tmp_path):

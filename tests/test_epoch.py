@@ -1,13 +1,15 @@
 """The epoch's sums and record: what the loop reports and what decides "best"."""
 
+import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from harness.epoch import EpochMeter, TrainedEpoch, epoch_record
+from harness.epoch import DataWait, EpochMeter, TrainedEpoch, epoch_record
 from harness.metrics import Predictions
+from harness.reporting import HISTORY_COLUMNS
 
 
 def one_process(main: bool = True, others: list[torch.Tensor] = ()):
@@ -31,7 +33,8 @@ def test_meter_sums_loss_accuracy_and_images_and_skips_nonfinite_batches():
     assert meter.window_loss() == pytest.approx(1.5)  # the mean of the batch losses since the last log
     meter.add(*batch(4.0, [0], [0]))
     assert meter.window_loss() == pytest.approx(4.0)  # a new window after each log line
-    assert meter.result(seconds=2.0) == TrainedEpoch(loss=14.0 / 7, accuracy=4 / 7, images=7, seconds=2.0)
+    assert meter.result(seconds=2.0, data_wait_seconds=0.5) == TrainedEpoch(
+        loss=14.0 / 7, accuracy=4 / 7, images=7, seconds=2.0, data_wait_seconds=0.5)
 
 
 def test_a_resumed_epoch_carries_the_sums_of_every_process_once():
@@ -42,7 +45,7 @@ def test_a_resumed_epoch_carries_the_sums_of_every_process_once():
     main = EpochMeter(one_process(others=[other.sums]), carried)
     main.add(*batch(3.0, [1, 1], [1, 2]))
     assert main.totals() == [30.0 + 2.0 + 6.0, 6.0 + 2 + 1, 10.0 + 4]
-    assert main.result(seconds=1.0).images == 4  # trained in this session only
+    assert main.result(seconds=1.0, data_wait_seconds=0.0).images == 4  # trained in this session only
 
 
 def predictions(losses: list[float], right: list[bool]) -> Predictions:
@@ -52,14 +55,28 @@ def predictions(losses: list[float], right: list[bool]) -> Predictions:
     return Predictions(np.arange(n), labels, predicted[:, None], np.ones((n, 1)), np.array(losses))
 
 
-TRAINED = TrainedEpoch(loss=0.9, accuracy=0.6, images=100, seconds=4.0)
+TRAINED = TrainedEpoch(loss=0.9, accuracy=0.6, images=100, seconds=4.0, data_wait_seconds=1.0)
 
 
 def test_the_record_holds_every_history_column():
-    record, improved = epoch_record(2, TRAINED, predictions([0.5, 1.5], [True, False]), 0.01, "val_acc", None)
+    record, improved = epoch_record(2, TRAINED, predictions([0.5, 1.5], [True, False]), 0.5, 0.01, "val_acc", None)
     assert record == {"epoch": 3, "train_loss": 0.9, "train_acc": 0.6, "val_loss": 1.0, "val_acc": 0.5,
-                      "lr": 0.01, "epoch_seconds": 4.0, "images_per_second": 25.0}
+                      "lr": 0.01, "epoch_seconds": 4.0, "train_images_per_second": 25.0,
+                      "val_images_per_second": 4.0, "data_wait": 0.25}
+    assert list(record) == HISTORY_COLUMNS
     assert improved  # the first epoch is the best so far
+
+
+def test_data_wait_counts_the_time_spent_waiting_for_each_batch_and_nothing_else():
+    def slow_batches():
+        for batch in range(3):
+            time.sleep(0.05)
+            yield batch
+
+    wait = DataWait()
+    for _ in wait.batches(slow_batches()):
+        time.sleep(0.1)  # the step: not waiting
+    assert 0.15 <= wait.seconds < 0.25
 
 
 @pytest.mark.parametrize("monitor, best, val, improved", [
@@ -71,4 +88,20 @@ def test_the_record_holds_every_history_column():
     ("val_loss", 0.5, ([0.9, 0.9], [True, True]), False),  # higher loss
 ])
 def test_improvement_follows_the_direction_of_the_monitored_metric(monitor, best, val, improved):
-    assert epoch_record(0, TRAINED, predictions(*val), 0.01, monitor, best)[1] is improved
+    assert epoch_record(0, TRAINED, predictions(*val), 1.0, 0.01, monitor, best)[1] is improved
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_report_and_confusion_matrix_are_scikit_learns(seed):
+    """Computed without importing scikit-learn at the end of every run, and still its very text."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    rng = np.random.default_rng(seed)
+    classes = ["cat", "dog", "a much longer class name", "never predicted", "never seen"]
+    labels = rng.integers(0, 4, 60)  # "never seen" has no sample
+    predicted = np.where(rng.random(60) < 0.6, labels, rng.integers(0, 3, 60))  # "never predicted" is never predicted
+    preds = Predictions(np.arange(60), labels, predicted[:, None], np.ones((60, 1)), np.zeros(60))
+    everything = list(range(len(classes)))
+    assert np.array_equal(preds.confusion(len(classes)), confusion_matrix(labels, predicted, labels=everything))
+    assert preds.report(classes) == classification_report(labels, predicted, labels=everything, target_names=classes,
+                                                          digits=4, zero_division=0)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import time
 
 import pytest
@@ -37,7 +38,15 @@ def test_quickstart_trains_digits_fast_and_well(quickstart):
     assert s["best_epoch"] == accuracies.index(max(accuracies)) + 1  # the highest, the earliest of a tie
     assert s["best_val_acc"] == pytest.approx(max(accuracies), rel=1e-12)
     assert s["num_processes"] == 1 and s["distributed_type"] == "NO" and s["mixed_precision"] == "no"
-    assert s["num_parameters"] > 1000 and s["images_per_second"] > 0
+    assert s["num_parameters"] > 1000
+    # Throughput, per epoch in the history and the console, and its medians in the summary.
+    assert s["throughput"]["train_images_per_second"] > 100 and s["throughput"]["val_images_per_second"] > 100
+    assert 0 <= s["throughput"]["data_wait"] < 1
+    history = rows(run / "history.csv")
+    for key, value in s["throughput"].items():
+        assert value == pytest.approx(statistics.median(float(h[key]) for h in history)), key
+    line = next(line for line in (run / "train.log").read_text().splitlines() if "epoch 12/12" in line)
+    assert f"{float(history[-1]['train_images_per_second']):.0f} img/s (val " in line and "data wait" in line
     assert s["images"] == {"train": 1259, "val": 269, "test": 269}
 
 
@@ -83,7 +92,7 @@ def test_tensorboard_has_step_epoch_and_figure_tags(quickstart):
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/lr", "epoch/train_loss", "epoch/train_acc", "epoch/val_loss", "epoch/val_acc",
-            "epoch/lr", "epoch/images_per_second"} <= scalars
+            "epoch/lr", "epoch/train_images_per_second", "epoch/val_images_per_second", "epoch/data_wait"} <= scalars
     assert len(acc.Scalars("train/loss")) == 240 // 10  # log.every_n_steps: 10
     assert [e.step for e in acc.Scalars("epoch/val_acc")] == [20 * e for e in range(1, 13)]
     assert {"confusion_matrix/train", "confusion_matrix/val", "confusion_matrix/test"} <= set(acc.Tags()["images"])

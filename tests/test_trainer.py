@@ -51,7 +51,7 @@ def close_run_logs():
 
 def trainer(config, tmp_path, *overrides) -> Trainer:
     cfg = load_config(config, list(overrides))
-    accelerator = build_accelerator(None, cfg.train.grad_accum_steps, cfg.train.seed)
+    accelerator = build_accelerator(None, cfg.train.grad_accum_steps)
     return Trainer(build_run(RunPlan(cfg, RunDir(tmp_path / "run"), None), accelerator))
 
 

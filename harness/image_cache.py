@@ -1,0 +1,123 @@
+"""``data.cache``: the decoded, resized images of a sample list, built once and read instead of the files.
+
+The cache holds exactly the pixels the file path gives after its resize (``uint8``, ``N x size x size x 3``),
+so a run trains on the same images, bit for bit, with the cache on or off; only decoding and resizing are
+saved. ``memory`` builds it in the process at the start of the run (the loader's workers share it);
+``disk`` keeps it as ``<cache_dir>/images/<key>.npy``, memory-mapped, so that it is built once for every
+later run and every process on the machine. The key covers the file list, each file's size and
+modification time, the image size and the pixel limit: a changed data set builds a new one. It is written
+to a temporary file and renamed into place, under a lock, so processes that build or read it at once
+neither repeat the work nor see half of it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from harness.config import DataConfig
+from harness.images import load_image
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when what an entry holds changes
+
+
+class ImageCache:
+    """The resized RGB images of a sample list, by position in it."""
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        self.pixels = pixels  # N x size x size x 3, uint8
+
+    def image(self, index: int) -> Image.Image:
+        return Image.fromarray(np.asarray(self.pixels[index]), "RGB")
+
+
+def build_cache(mode: str, root: Path, samples: list[tuple[str, int]], cfg: DataConfig,
+                resize: Callable[[Image.Image], Image.Image]) -> ImageCache | None:
+    """The cache ``mode`` (``data.cache``) asks for over ``samples`` under ``root``, of the images ``resize``
+    makes; None for ``none``."""
+    if mode == "none" or not samples:
+        return None
+    decode = Decoder(root, samples, cfg.max_image_pixels, resize)
+    if mode == "memory":
+        return ImageCache(decode.into(np.empty(_shape(samples, cfg), np.uint8)))
+    return ImageCache(_disk_cache(root, samples, cfg, decode))
+
+
+def cache_key(root: Path, samples: list[tuple[str, int]], cfg: DataConfig) -> str:
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, cfg.image_size, cfg.max_image_pixels]).encode())
+    for path, _ in samples:
+        stat = os.stat(Path(root) / path)
+        digest.update(f"\0{Path(root) / path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
+def cache_folder(cfg: DataConfig) -> Path:
+    from harness.builtin import default_cache_dir
+
+    return (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()) / "images"
+
+
+def _shape(samples: list, cfg: DataConfig) -> tuple[int, int, int, int]:
+    return len(samples), cfg.image_size, cfg.image_size, 3
+
+
+def _disk_cache(root: Path, samples: list[tuple[str, int]], cfg: DataConfig, decode: Decoder) -> np.ndarray:
+    folder = cache_folder(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{cache_key(root, samples, cfg)}.npy"
+    with open(folder / f".{target.stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait here, then read what it wrote
+        if not target.exists():
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".npy", dir=folder)
+            os.close(fd)
+            try:
+                pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=_shape(samples, cfg))
+                decode.into(pixels)
+                pixels.flush()
+                del pixels
+                os.rename(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+    pixels = np.load(target, mmap_mode="r")
+    if pixels.shape != _shape(samples, cfg) or pixels.dtype != np.uint8:  # not ours: never a silent wrong image
+        raise OSError(f"{target}: an image cache of shape {pixels.shape}, expected {_shape(samples, cfg)}; delete it")
+    return pixels
+
+
+class Decoder:
+    """Decodes and resizes every image of a sample list into an array, in parallel threads (PIL releases the
+    GIL as it decodes and resizes)."""
+
+    def __init__(self, root: Path, samples: list[tuple[str, int]], max_pixels: int | None,
+                 resize: Callable[[Image.Image], Image.Image]) -> None:
+        self.root, self.samples, self.max_pixels, self.resize = Path(root), samples, max_pixels, resize
+
+    def into(self, out: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+
+        def put(index: int) -> None:
+            out[index] = np.asarray(self.resize(load_image(self.root / self.samples[index][0], self.max_pixels)))
+
+        bar = tqdm(total=len(self.samples), desc="caching images", unit="img", leave=False,
+                   disable=len(self.samples) < 2000 or not sys.stderr.isatty())
+        with ThreadPoolExecutor(min(32, 2 * (os.cpu_count() or 1))) as pool, bar:
+            for _ in pool.map(put, range(len(self.samples)), chunksize=64):
+                bar.update()
+        logger.info(f"cached {len(self.samples)} images ({out.shape[1]}px) in {time.perf_counter() - started:.1f} s")
+        return out
