@@ -53,7 +53,7 @@ def _digits(source: Path, out: Path, size: int) -> None:
 def _jpegs(out: Path, size: int, images: int) -> None:
     jobs = []
     for index in range(images):
-        share = index % 10
+        share = (index // CLASSES) % 10
         split = "train" if share < 8 else "val" if share == 8 else "test"
         jobs.append((out / split / f"class{index % CLASSES}" / f"{index:06d}.jpg", index, size))
     for folder in {path.parent for path, _, _ in jobs}:

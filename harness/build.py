@@ -135,7 +135,10 @@ def _model(cfg: Config, num_classes: int) -> nn.Module:
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.compile:
-        model.compile()  # in place: the state dict, and so checkpoints and weights, keep their keys
+        # In place, so that the state dict (checkpoints, weights) keeps its keys. One graph for every batch
+        # size: otherwise a last, smaller batch recompiles with other kernels, and a resumed run, which meets
+        # the sizes in another order, would compute with other kernels than the run it continues.
+        model.compile(dynamic=True)
     return model
 
 

@@ -200,10 +200,12 @@ MAX_DEFAULT_WORKERS = 8
 
 
 def default_workers() -> int:
-    """Loader workers per process when ``data.num_workers`` is null: this process's share of the CPUs it may
-    run on (the launcher's processes on this machine share them), at most 8."""
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0)) // local_processes))
+    """Loader workers per process when ``data.num_workers`` is null, from this process's share of the CPUs it
+    may run on (the launcher's processes on this machine share them): with a GPU, every CPU of the share feeds
+    it (at most 8); on the CPU, the training process's own threads use the cores, and workers would compete
+    with them, so a quarter of the share (none on a machine of up to 7 cores)."""
+    share = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return min(MAX_DEFAULT_WORKERS, max(1, share) if torch.cuda.is_available() else share // 4)
 
 
 def build_loader(dataset: ImageListDataset, batch_size: int, num_workers: int | None, seed: int,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need CUDA, in under 6 minutes on one GPU: the tests marked `gpu` (fp16 with loss scaling,
-# bf16, DeepSpeed on the GPU, NCCL DDP when there are 2+ GPUs) and a bf16 throughput figure.
+# bf16, DeepSpeed on the GPU, NCCL DDP when there are 2+ GPUs) and one short run of the speed benchmark
+# (bench/gpu.sh gives the full figures).
 # Prints one PASS/FAIL line per check and the figures; exits non-zero if a check failed.
 #   bash scripts/gpu_check.sh            (from the repository root, in the project's environment)
 set -u
@@ -15,7 +16,8 @@ sed -n '/short test summary info/,$p' /tmp/gpu_check.log | grep -E "^(PASSED|FAI
 tail -1 /tmp/gpu_check.log
 if [ $rc != 0 ] || ! grep -qE "[0-9]+ passed" /tmp/gpu_check.log; then status=1; fi
 
-if timeout 120 python bench/throughput.py --model resnet50 --image-size 224 --batch-size 64 --precision bf16 --channels-last; then
+if timeout 240 python bench/speed.py --device cuda --data jpeg --images 3000 --image-size 128 --model resnet50 \
+     --batch-size 128 --precision bf16 --workers 8 --epochs 3 --repeats 1 --channels-last --cache memory; then
   echo "check: PASS throughput"
 else
   echo "check: FAIL throughput"; status=1
