@@ -188,9 +188,29 @@ def _kill_leftover_workers() -> None:
             child.join()
 
 
+def batches_of(loader) -> Iterator:
+    """The batches of ``loader``. The stop signals wait until the first one is in, the loader having forked its
+    workers by then: a worker must not die of one before ``_init_worker`` makes it ignore them (torch
+    gives workers a SIGTERM handler that ends them), and it inherits the signals held, so none reaches it
+    before then. Held, a signal is delivered once the first batch is in, not lost."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, LEFT_TO_PARENT)
+    try:  # a DataLoader forks in iter(), accelerate's wrapper at its first batch
+        iterator = iter(loader)
+        first = next(iterator, _END)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    if first is not _END:
+        yield first
+        yield from iterator
+
+
+_END = object()
+
+
 def _init_worker(worker_id: int) -> None:
     for signum in LEFT_TO_PARENT:
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, signal.SIG_IGN)  # a signal that arrived since the fork, held, is dropped
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, LEFT_TO_PARENT)
     seed = torch.initial_seed() % 2**32  # torch gives each worker base_seed + worker_id
     np.random.seed(seed)
     random.seed(seed)

@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 from accelerate import Accelerator
 
+from harness.data import batches_of
 from harness.metrics import Predictions
 
 # checkpoint.monitor -> whether a higher value is better
@@ -38,7 +39,7 @@ class DataWait:
 
     def batches(self, loader) -> Iterator:
         started = time.perf_counter()
-        batches = iter(loader)
+        batches = batches_of(loader)
         while True:
             try:
                 batch = next(batches)

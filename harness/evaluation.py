@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast
 
 from harness.config import DataConfig
+from harness.data import batches_of
 from harness.metrics import Predictions
 
 TOP_K = 5
@@ -63,7 +64,7 @@ def evaluate(accelerator: Accelerator, model, loader, inputs: ModelInputs) -> Pr
     model.eval()
     batches = []
     with torch.inference_mode():
-        for images, labels, indices in loader:
+        for images, labels, indices in batches_of(loader):
             with accelerator.autocast():
                 logits = model(inputs(images))
             logits = logits.float()

@@ -11,7 +11,7 @@ from torchvision import transforms as T
 
 from harness.builtin import builtin_root
 from harness.config import DataConfig, load_config, run_name_for
-from harness.data import ImageListDataset, build_loader, build_transform
+from harness.data import ImageListDataset, _init_worker, batches_of, build_loader, build_transform
 from harness.evaluation import ModelInputs
 from harness.images import load_image
 from harness.splits import DataSplits, discover_splits
@@ -268,6 +268,30 @@ def test_builtin_digits_materialised_once_as_image_folder(tmp_path):
     assert builtin_root("digits", str(tmp_path)) == root and files[0].stat().st_mtime_ns == stamp
     splits = discover_splits(DataConfig(builtin="digits"), root)
     assert len(splits.classes) == 10 and len(splits.splits["test"]) == 269
+
+
+def _signalled_at_start(worker_id: int) -> None:
+    """Stop signals while the workers start: to the training process, and to this worker after torch gave it
+    its own SIGTERM handler (which would end it), before _init_worker."""
+    os.kill(os.getppid(), signal.SIGUSR1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    _init_worker(worker_id)
+
+
+def test_a_stop_signal_while_workers_start_kills_none_and_reaches_the_training_process(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=8)
+    samples = discover_splits(DataConfig(root=str(root), val_fraction=0.25, test_fraction=0.0), root).splits["train"]
+    dataset = ImageListDataset(root, samples, build_transform(DataConfig(root=str(root), image_size=16), train=False))
+    loader = build_loader(dataset, batch_size=2, num_workers=2, seed=0)
+    loader.worker_init_fn = _signalled_at_start
+    got = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+    try:
+        assert len(list(batches_of(loader))) == 6  # every batch: no worker died
+        time.sleep(0.1)
+        assert got and set(got) == {signal.SIGUSR1}  # held while the workers started, then delivered
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_loader_workers_leave_stop_signals_to_the_process_that_owns_them(tmp_path):
