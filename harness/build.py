@@ -25,7 +25,7 @@ from harness.accel import environment, log_to_file, on_main, size_deepspeed_buck
 from harness.builtin import data_root
 from harness.checkpoint import clean_temporary
 from harness.config import Config
-from harness.data import ImageListDataset, build_loader, build_transform, eval_loader, image_cache
+from harness.data import ImageListDataset, build_loader, build_transform, eval_loader, image_cache, loader_workers
 from harness.evaluation import match_buffers_to_params
 from harness.models import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler
@@ -71,18 +71,13 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     else:  # found and checked once, so that every process trains on exactly the same images
         splits = on_main(accelerator, lambda: discover_splits(cfg.data, root))
     train_loader, eval_loaders = build_loaders(cfg, splits)
-    optimizer = build_optimizer(cfg.optim, model := _model(cfg, len(splits.classes)))
+    model = _model(cfg, len(splits.classes))
+    optimizer = build_optimizer(cfg.optim, model)
     criterion = build_criterion(cfg.loss, splits.class_counts("train")).to(accelerator.device)
 
     _prepare_run_dir(accelerator, rundir, cfg, splits, fresh=plan.resume_from is None)
     env = environment(accelerator)
-    logger.info(f"run {rundir.root}  ({env['distributed_type']}, {env['num_processes']} process(es), "
-                f"device {env['device']}, mixed precision {env['mixed_precision']})")
-    logger.info(f"data {root}: {len(splits.classes)} classes, "
-                + ", ".join(f"{split} {len(samples)}" for split, samples in splits.splits.items()))
-    notes = splits.notes + cfg.notes()
-    for note in notes:
-        logger.warning(note)
+    notes = _announce(rundir, env, root, splits, cfg)
 
     # Loaders first: the schedule is defined in optimizer updates, which depend on the per-process loader length.
     train_loader, *prepared_eval = accelerator.prepare(train_loader, *eval_loaders.values())
@@ -121,13 +116,26 @@ def build_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[str
     train_set = ImageListDataset(splits.root, splits.splits["train"], build_transform(cfg.data, train=True),
                                  augment_seed=cfg.train.seed, max_pixels=cfg.data.max_image_pixels,
                                  cache=caches["train"])
-    train_loader = build_loader(train_set, cfg.train.batch_size, num_workers=cfg.data.num_workers,
+    train_loader = build_loader(train_set, cfg.train.batch_size, num_workers=loader_workers(cfg.data),
                                 seed=cfg.train.seed, shuffle=True, persistent=True)
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
     eval_loaders = {split: eval_loader(cfg.data, splits.root, samples, batch_size, cfg.train.seed,
                                        cache=caches[split], persistent=split == "val")
                     for split, samples in splits.splits.items()}
     return train_loader, eval_loaders
+
+
+def _announce(rundir: RunDir, env: dict, root: Path, splits: DataSplits, cfg: Config) -> list[str]:
+    """Log where and on what the run trains, and warn of what the data check and the config noted (returned)."""
+    logger.info(f"run {rundir.root}  ({env['distributed_type']}, {env['num_processes']} process(es), "
+                f"device {env['device']}, mixed precision {env['mixed_precision']})")
+    logger.info(f"data {root}: {len(splits.classes)} classes, "
+                + ", ".join(f"{split} {len(samples)}" for split, samples in splits.splits.items())
+                + f"; {loader_workers(cfg.data)} loader worker(s) per process, cache {cfg.data.cache}")
+    notes = splits.notes + cfg.notes()
+    for note in notes:
+        logger.warning(note)
+    return notes
 
 
 def _model(cfg: Config, num_classes: int) -> nn.Module:

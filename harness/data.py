@@ -219,6 +219,10 @@ def _init_worker(worker_id: int) -> None:
 MAX_DEFAULT_WORKERS = 8
 
 
+def loader_workers(cfg: DataConfig) -> int:
+    return default_workers() if cfg.num_workers is None else cfg.num_workers
+
+
 def default_workers() -> int:
     """Loader workers per process when ``data.num_workers`` is null, from this process's share of the CPUs it
     may run on (the launcher's processes on this machine share them): with a GPU, every CPU of the share feeds
@@ -228,11 +232,10 @@ def default_workers() -> int:
     return min(MAX_DEFAULT_WORKERS, max(1, share) if torch.cuda.is_available() else share // 4)
 
 
-def build_loader(dataset: ImageListDataset, batch_size: int, num_workers: int | None, seed: int,
-                 shuffle: bool = False, persistent: bool = False) -> DataLoader:
+def build_loader(dataset: ImageListDataset, batch_size: int, num_workers: int, seed: int, shuffle: bool = False,
+                 persistent: bool = False) -> DataLoader:
     """``shuffle``: in the order of an ``EpochSampler`` seeded with ``seed``. ``persistent``: the workers live
-    across epochs (for loaders read every epoch). ``num_workers`` None: ``default_workers()``."""
-    num_workers = default_workers() if num_workers is None else num_workers
+    across epochs (for loaders read every epoch)."""
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
@@ -262,4 +265,4 @@ def eval_loader(cfg: DataConfig, root: Path, samples: Samples, batch_size: int, 
     """An unshuffled, unaugmented loader over ``samples``: validation, the final test and inference."""
     dataset = ImageListDataset(root, samples, build_transform(cfg, train=False), max_pixels=cfg.max_image_pixels,
                                cache=cache)
-    return build_loader(dataset, batch_size, num_workers=cfg.num_workers, seed=seed, persistent=persistent)
+    return build_loader(dataset, batch_size, num_workers=loader_workers(cfg), seed=seed, persistent=persistent)
