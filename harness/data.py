@@ -188,6 +188,9 @@ def _kill_leftover_workers() -> None:
             child.join()
 
 
+_END = object()  # what batches_of's first next() gives for an empty loader
+
+
 def batches_of(loader) -> Iterator:
     """The batches of ``loader``. The stop signals wait until the first one is in, the loader having forked its
     workers by then: a worker must not die of one before ``_init_worker`` makes it ignore them (torch
@@ -202,9 +205,6 @@ def batches_of(loader) -> Iterator:
     if first is not _END:
         yield first
         yield from iterator
-
-
-_END = object()
 
 
 def _init_worker(worker_id: int) -> None:
