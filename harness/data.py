@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import random
 import signal
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -163,12 +164,10 @@ class ImageListDataset(Dataset):
         image, label = self.resized(index), self.samples[index][1]
         if self.augment_seed is None:
             return self.transform.rest(image), label, index
-        seed = _sample_seed(self.augment_seed, epoch, index)
-        if get_worker_info() is not None:  # a worker's RNG serves nothing else
-            torch.default_generator.manual_seed(seed)
-            return self.transform.rest(image), label, index
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
+        # A worker's RNG serves nothing else; the training process's own must come back untouched.
+        rng = nullcontext() if get_worker_info() is not None else torch.random.fork_rng(devices=[])
+        with rng:
+            torch.default_generator.manual_seed(_sample_seed(self.augment_seed, epoch, index))
             return self.transform.rest(image), label, index
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from harness.config import DataConfig
-from harness.images import load_image
+from harness.images import PROGRESS_FROM, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Decoder:
             out[index] = np.asarray(self.resize(load_image(self.root / self.samples[index][0], self.max_pixels)))
 
         bar = tqdm(total=len(self.samples), desc="caching images", unit="img", leave=False,
-                   disable=len(self.samples) < 2000 or not sys.stderr.isatty())
+                   disable=len(self.samples) < PROGRESS_FROM or not sys.stderr.isatty())
         with ThreadPoolExecutor(min(32, 2 * (os.cpu_count() or 1))) as pool, bar:
             for _ in pool.map(put, range(len(self.samples)), chunksize=64):
                 bar.update()
