@@ -174,8 +174,7 @@ def _restore(accelerator: Accelerator, cfg: Config, resume_from: Path | None) ->
     state = TrainState()
     if resume_from:
         load_checkpoint(accelerator, resume_from, state)
-        logger.info(f"resumed from {resume_from}: epoch {state.epoch}, batch {state.batch_in_epoch}, "
-                    f"step {state.global_step}")
+        logger.info(f"resumed from {resume_from} (step {state.global_step}): {state.where()}")
     moved = state.move_to(accelerator.num_processes)
     if moved:
         logger.warning(moved)

@@ -1,4 +1,4 @@
-"""Run configuration: the typed schema that checks itself, YAML loading, dotted CLI overrides and the run name.
+"""Run configuration: the typed schema that checks itself, YAML loading and dotted CLI overrides.
 
 A config is a YAML file with the sections below; every key has a default, so a file only names what it
 changes. Overrides on the command line use the dotted form ``section.key=value`` (the value is parsed as
@@ -25,6 +25,7 @@ from harness.typed import build_typed
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+DEFAULT_SPLIT_FRACTION = 0.1  # of the train pool, for a val or test split that is carved out of it
 
 
 class Rule(NamedTuple):
@@ -86,8 +87,9 @@ class DataConfig(Section):
     builtin: Optional[Literal["digits"]] = None  # a data set that ships with a dependency
     root: Optional[str] = None  # an ImageFolder tree: root/{train,val,test}/<class>/*, or root/<class>/*
     cache_dir: Optional[str] = None  # built-in data and data.cache: disk live here; default ~/.cache/harness
-    val_fraction: float = rule(0.1, FRACTION)  # share of the train pool held out for validation when root/val is absent
-    test_fraction: float = rule(0.1, FRACTION)  # same for the test split when root/test is absent
+    # Shares of the train pool held out where root/val, root/test are absent (null: 0.1); see ``settle``.
+    val_fraction: Optional[float] = rule(None, FRACTION)
+    test_fraction: Optional[float] = rule(None, FRACTION)
     split_seed: int = 0  # the stratified split depends on this only, not on train.seed
     folds: Optional[int] = rule(None, at_least(2))  # k-fold: the non-test images in k stratified folds
     fold: int = rule(0, at_least(0))  # with folds: the fold that is the validation split (0 .. folds-1)
@@ -103,7 +105,11 @@ class DataConfig(Section):
     def check_together(self) -> None:
         if (self.builtin is None) == (self.root is None):
             raise InvalidValue("", "set exactly one of data.builtin (e.g. digits) or data.root (an image folder)")
-        if self.val_fraction + self.test_fraction >= 1.0:
+        if self.builtin:
+            for key in ("val_fraction", "test_fraction"):
+                if getattr(self, key) is not None:
+                    raise InvalidValue(key, f"data.builtin: {self.builtin} has fixed splits (70/15/15): remove it")
+        if self.fraction("val") + self.fraction("test") >= 1.0:
             raise InvalidValue("val_fraction", "data.val_fraction + data.test_fraction must be below 1")
         if self.folds is None and self.fold:
             raise InvalidValue("fold", "data.fold needs data.folds (the number of folds)")
@@ -112,11 +118,21 @@ class DataConfig(Section):
         if any(value <= 0 for value in self.std):
             raise InvalidValue("std", "every value must be positive")
 
-    def make_paths_absolute(self) -> None:
-        """Name the data folders absolutely, as the saved config must (runs resume from any directory)."""
+    def fraction(self, split: str) -> float:
+        value = getattr(self, f"{split}_fraction")
+        return DEFAULT_SPLIT_FRACTION if value is None else value
+
+    def settle(self) -> None:
+        """Make the config describe the run, as its saved copy must: the data folders named absolutely (runs
+        resume from any directory); ``val_fraction``/``test_fraction`` the share of a split carved out of the
+        train pool, null for a split that is not (a root/<split> folder, the validation folds of k-fold, the
+        fixed splits of built-in data)."""
         for key in ("root", "cache_dir"):
             if getattr(self, key):
                 setattr(self, key, str(Path(getattr(self, key)).expanduser().resolve()))
+        for split in ("val", "test"):
+            carved = not (self.builtin or Path(self.root, split).is_dir() or (split == "val" and self.folds))
+            setattr(self, f"{split}_fraction", self.fraction(split) if carved else None)
 
 
 @dataclass
@@ -281,16 +297,3 @@ def apply_overrides(raw: dict, overrides: list[str]) -> None:
                 raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
             node = child
         node[parts[-1]] = value
-
-
-def run_name_for(cfg: Config, overrides: list[str]) -> str:
-    """``<config name>_<key><value>...`` with one part per override, sorted by key, e.g. digits_batch_size32_lr0.01."""
-    parts = []
-    for text in overrides:
-        key, value = parse_override(text)
-        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-        parts.append((key.split(".")[-1], shown))
-    if cfg.data.folds and "fold" not in dict(parts):  # k-fold runs of one config differ by their fold
-        parts.append(("fold", str(cfg.data.fold)))
-    name = "_".join([cfg.name or "run"] + [key + value for key, value in sorted(parts)])
-    return re.sub(r"[^A-Za-z0-9._+-]+", "", name.replace(" ", ""))[:200]

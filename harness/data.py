@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import atexit
 import difflib
+import functools
+import logging
 import multiprocessing
 import os
 import random
@@ -31,6 +33,8 @@ from harness.errors import ConfigError
 from harness.image_cache import ImageCache, build_cache
 from harness.images import load_image
 from harness.splits import Samples
+
+logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------
 # Transforms
@@ -219,7 +223,20 @@ MAX_DEFAULT_WORKERS = 8
 
 
 def loader_workers(cfg: DataConfig) -> int:
-    return default_workers() if cfg.num_workers is None else cfg.num_workers
+    """``data.num_workers``, at most the CPUs this process may run on (more would only compete for them)."""
+    if cfg.num_workers is None:
+        return default_workers()
+    cpus = len(os.sched_getaffinity(0))
+    if cfg.num_workers > cpus:
+        _say_once(f"data.num_workers: {cfg.num_workers} asked for, but this process may run on {cpus} CPU(s): "
+                  f"using {cpus} loader workers")
+        return cpus
+    return cfg.num_workers
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    logger.warning(message)
 
 
 def default_workers() -> int:

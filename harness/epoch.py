@@ -18,6 +18,8 @@ from harness.metrics import Predictions
 
 # checkpoint.monitor -> whether a higher value is better
 HIGHER_IS_BETTER = {"val_acc": True, "val_loss": False}
+# checkpoint.monitor -> what decides between epochs that tie on it
+TIE_BREAKER = {"val_acc": "val_loss", "val_loss": "val_acc"}
 
 
 @dataclass
@@ -89,9 +91,9 @@ class EpochMeter:
 
 
 def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, val_seconds: float, lr: float, monitor: str,
-                 best: float | None) -> tuple[dict, bool]:
-    """The history row of ``epoch`` (0-based) and whether its ``monitor`` value beats ``best``; a tie keeps the
-    earlier epoch. Throughput counts the images of every process. Pure: nothing is read or written."""
+                 best: dict | None) -> tuple[dict, bool]:
+    """The history row of ``epoch`` (0-based) and whether it beats ``best``, the best epoch's row so far (see
+    ``beats``). Throughput counts the images of every process. Pure: nothing is read or written."""
     record = {
         "epoch": epoch + 1,
         "train_loss": trained.loss,
@@ -104,6 +106,15 @@ def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, val_second
         "val_images_per_second": len(val) / max(val_seconds, 1e-9),
         "data_wait": trained.data_wait_seconds / max(trained.seconds, 1e-9),
     }
-    value = record[monitor]
-    improved = best is None or (value > best if HIGHER_IS_BETTER[monitor] else value < best)
-    return record, improved
+    return record, beats(record, best, monitor)
+
+
+def beats(record: dict, best: dict | None, monitor: str) -> bool:
+    """Whether an epoch's row is better than ``best`` on ``monitor``; a tie on it is decided by the other
+    validation metric (an equal accuracy with a lower loss wins), a tie on both keeps the earlier epoch."""
+    if best is None:
+        return True
+    for key in (monitor, TIE_BREAKER[monitor]):
+        if record[key] != best[key]:
+            return record[key] > best[key] if HIGHER_IS_BETTER[key] else record[key] < best[key]
+    return False

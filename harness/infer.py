@@ -1,4 +1,4 @@
-"""Infer: ``accelerate launch harness/infer.py --run runs/<name> [--split test] [--checkpoint best|last]``.
+"""Infer: ``accelerate launch -q --config_file launch_configs/cpu.yaml harness/infer.py --run runs/<name> [--split test] [--checkpoint best|last]``.
 
 The entry point only parses the command line; ``harness.predict`` does the rest.
 """

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.checkpoint import latest_checkpoint, read_marker, read_pointer, verify
-from harness.config import Config, load_config, run_name_for
+from harness.config import Config, load_config
 from harness.errors import CheckpointError
 from harness.rundir import RunDir
+from harness.run_name import checked_run_name, run_name_for
 
 START_OVER_HINT = "--run-name NAME starts another run, --force starts over in it (deleting it)"
 
@@ -40,11 +41,13 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
     """Decide what this command does: continue which checkpoint of which run, or start which run afresh."""
     if args.resume not in ("auto", "never"):
         run, checkpoint = resolve_checkpoint(Path(args.resume))
-        return RunPlan(load_config(args.config or run.config, args.overrides), run, checkpoint)
+        cfg = load_config(args.config or run.config, args.overrides)
+        cfg.data.settle()
+        return RunPlan(cfg, run, checkpoint)
     if not args.config:
         raise CheckpointError("--config is required to start a run (or --resume RUN_DIR to continue one)")
     cfg = load_config(args.config, args.overrides)
-    cfg.data.make_paths_absolute()  # so that inference and resumes work from any directory
+    cfg.data.settle()
     name = (args.run_name or "{name}").replace("{name}", run_name_for(cfg, args.overrides))
     run = RunDir(Path(args.output_dir) / checked_run_name(name))
     if not run.root.exists() or (run.root.is_dir() and not any(run.root.iterdir())):
@@ -61,14 +64,6 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
         raise CheckpointError(f"{run.root} holds a run with another config ({changed}): --resume {run.root} "
                               f"continues it with its own config, {START_OVER_HINT}")
     return RunPlan(cfg, run, latest_checkpoint(run))  # None: it never got to a checkpoint; start over
-
-
-def checked_run_name(name: str) -> str:
-    """A run's folder name: one plain component, so that a run (and --force) stays inside --output-dir."""
-    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name or len(name.encode()) > 200:
-        raise CheckpointError(f"run name {name!r}: must be a plain folder name (no '/', not '.' or '..', at most "
-                              "200 bytes), so that the run stays inside --output-dir")
-    return name
 
 
 def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:

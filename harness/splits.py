@@ -120,10 +120,10 @@ def discover_splits(cfg: DataConfig, root: Path) -> DataSplits:
     if cfg.folds:  # every image that is not test (root/val included) goes into the folds
         splits["train"] += splits.pop("val", [])
         if "test" not in present:
-            splits.update(stratified_split(splits["train"], {"test": cfg.test_fraction}, seed=cfg.split_seed))
+            splits.update(stratified_split(splits["train"], {"test": cfg.fraction("test")}, seed=cfg.split_seed))
         splits.update(stratified_folds(splits["train"], cfg.folds, cfg.fold, seed=cfg.split_seed))
     else:
-        carve = {s: getattr(cfg, f"{s}_fraction") for s in ("test", "val") if s not in present}
+        carve = {s: cfg.fraction(s) for s in ("test", "val") if s not in present}
         if carve:
             splits.update(stratified_split(splits["train"], carve, seed=cfg.split_seed))
     data = DataSplits(root, classes, {s: splits[s] for s in SPLITS if splits.get(s)}, skipped, _found_notes(found))

@@ -31,6 +31,16 @@ class TrainState:
         for key, value in state.items():
             setattr(self, key, value)
 
+    def best_record(self) -> dict[str, Any] | None:
+        """The history row of the best epoch so far."""
+        return next((row for row in self.history if row["epoch"] == self.best_epoch), None)
+
+    def where(self) -> str:
+        """What is done, as a person counts it (epochs and batches from 1)."""
+        if self.batch_in_epoch:
+            return f"in epoch {self.epoch + 1}, after batch {self.batch_in_epoch}"
+        return f"after epoch {self.epoch}" if self.epoch else "before epoch 1"
+
     def move_to(self, processes: int) -> str | None:
         """Carry the position inside the epoch over to another number of processes (same per-process batch),
         counted in samples. Returns what changed, for the log (None for a fresh state or the same count)."""

@@ -1,4 +1,4 @@
-"""Train: ``accelerate launch harness/train.py --config configs/digits.yaml [section.key=value ...]``.
+"""Train: ``accelerate launch -q --config_file launch_configs/cpu.yaml harness/train.py --config configs/digits.yaml [section.key=value ...]``.
 
 The entry point only parses the command line; ``harness.run`` does the rest.
 """
@@ -18,7 +18,7 @@ from harness.cli import run_cli  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train an image classifier. Overrides use the dotted form section.key=value.",
-        epilog="example: accelerate launch harness/train.py --config configs/digits.yaml optim.lr=0.05 train.epochs=5",
+        epilog="example: accelerate launch -q --config_file launch_configs/cpu.yaml harness/train.py --config configs/digits.yaml optim.lr=0.05 train.epochs=5",
     )
     parser.add_argument("--config", help="run config (YAML); optional with --resume (the run's own is used)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")

@@ -186,8 +186,8 @@ class Trainer:
         """A stop was requested: checkpoint in the middle of the epoch, then end the session."""
         state = self.run.state
         state.train_seconds += seconds
-        logger.warning(f"stop requested ({self.stop.name or 'by another process'}): saving a checkpoint at epoch "
-                       f"{state.epoch + 1}, batch {state.batch_in_epoch}")
+        logger.warning(f"stop requested ({self.stop.name or 'by another process'}): saving a checkpoint, "
+                       f"{state.where()}")
         self._save(meter)
         if self.stop.signum is None:  # another process got the signal; exit the same way
             self.stop.signum = signal.SIGTERM
@@ -202,7 +202,7 @@ class Trainer:
     def _end_epoch(self, epoch: int, trained: TrainedEpoch, val: Predictions, val_seconds: float) -> None:
         run, state, monitor = self.run, self.run.state, self.run.cfg.checkpoint.monitor
         record, improved = epoch_record(epoch, trained, val, val_seconds, run.scheduler.get_last_lr()[0], monitor,
-                                        state.best_metric)
+                                        state.best_record())
         if not math.isfinite(record["val_loss"]):
             raise TrainingDiverged(f"non-finite validation loss after epoch {epoch + 1}; nothing of it was saved, the "
                                    f"last checkpoint ({self._latest_name()}) is intact: lower optim.lr or set "

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "configs" / "digits.yaml"
 # The README's commands, word for word (run from the repository root), with the venv's accelerate.
 ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch"]
-CPU_LAUNCH = [*ACCELERATE, "--config_file", "launch_configs/cpu.yaml"]
+CPU_LAUNCH = [*ACCELERATE, "-q", "--config_file", "launch_configs/cpu.yaml"]
 # Small and deterministic: enough to exercise every part of the loop in seconds.
 FAST = ["model.kwargs.width=8", "train.deterministic=true"]
 
@@ -54,7 +54,7 @@ def run_infer(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
 
 
 PYTHON = [sys.executable]  # a launcher for a plain single-process run, signalled directly by tests
-DDP = [*ACCELERATE, "--config_file", "launch_configs/cpu_ddp.yaml"]  # two CPU processes over gloo
+DDP = [*ACCELERATE, "-q", "--config_file", "launch_configs/cpu_ddp.yaml"]  # two CPU processes over gloo
 
 
 def rows(path: Path) -> list[dict]:

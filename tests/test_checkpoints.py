@@ -176,7 +176,7 @@ def test_rotation_keeps_the_two_newest_plus_best_and_each_resumes_to_the_referen
         stats["status"] = "interrupted"  # as if killed in the final evaluation: resuming step-40 redoes that
         (copy / "summary.json").write_text(json.dumps(stats))
         result = run_train(["--resume", copy / "checkpoints" / name], env)
-        assert f"resumed from {copy / 'checkpoints' / name}: epoch" in result.stdout
+        assert f"resumed from {copy / 'checkpoints' / name} (step " in result.stdout
         assert summary(copy)["status"] == "completed" and summary(copy)["test_acc"] == summary(run)["test_acc"]
         assert_same_weights(run / "weights" / "best.safetensors", copy / "weights" / "best.safetensors")
         assert (copy / "predictions" / "test.csv").read_text() == (run / "predictions" / "test.csv").read_text()

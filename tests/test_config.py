@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from harness.config import Config, load_config, parse_override, run_name_for
+from harness.config import Config, load_config, parse_override
+from harness.run_name import run_name_for
 from harness.errors import ConfigError
 
 from conftest import DIGITS
@@ -38,7 +39,8 @@ def test_name_defaults_to_file_stem(tmp_path):
         ("data: {builtin: digits, mean: 0.5}\n", "data.mean: expected a list"),
         ("data: {builtin: digits}\ntrain: 3\n", "train: expected a mapping"),
         ("data: {builtin: digits, root: /x}\n", "set exactly one of data.builtin"),
-        ("data: {builtin: digits, val_fraction: 0.5, test_fraction: 0.5}\n", "must be below 1"),
+        ("data: {root: /x, val_fraction: 0.5, test_fraction: 0.5}\n", "must be below 1"),
+        ("data: {builtin: digits, val_fraction: 0.2}\n", "data.val_fraction: data.builtin: digits has fixed splits"),
         ("data: {builtin: digits}\ntrain: {batch_size: 0}\n", "train.batch_size: must be at least 1"),
         ("data: {builtin: digits}\nloss: {class_weights: heavy}\n", "loss.class_weights: must be null, 'balanced'"),
         ("data: {builtin: digits}\nscheduler: {name: onecycle, warmup_epochs: 1}\n", "set scheduler.pct_start"),
@@ -86,6 +88,24 @@ def test_run_name_from_config_name_and_sorted_overrides():
     assert run_name_for(load_config(DIGITS, overrides), overrides) == "digits_batch_size32_lr0.01"
     assert run_name_for(load_config(DIGITS), []) == "digits"
     assert parse_override("data.mean=[0.5, 0.5, 0.5]") == ("data.mean", [0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("override, part", [
+    ("data.builtin=null", "builtinnull"),  # (any override: the name only shows it)
+    ("data.cache_dir=~/data/shapes", "cache_dirshapes"),  # a path: its folder's name
+    ("data.cache_dir=/scratch/me/shapes/", "cache_dirshapes"),
+    ("data.mean=[0.5, 0.5, 0.5]", "mean0.5-0.5-0.5"),
+    ("optim.lr=-1.0e-05", "lr-1e-05"),
+    ("train.deterministic=true", "deterministictrue"),
+    ("name=my data", "namemy-data"),
+])
+def test_run_names_stay_readable(override, part):
+    assert run_name_for(load_config(DIGITS), [override]) == f"digits_{part}"
+
+
+def test_long_values_are_shortened_with_a_hash_that_keeps_them_apart():
+    names = {run_name_for(load_config(DIGITS), [f"data.cache_dir={'x' * 40}{end}"]) for end in "ab"}
+    assert len(names) == 2 and all(len(name) == len("digits_cache_dir") + 24 for name in names), names
 
 
 def test_saved_config_round_trips(tmp_path):

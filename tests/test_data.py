@@ -10,7 +10,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from harness.builtin import builtin_root
-from harness.config import DataConfig, load_config, run_name_for
+from harness.config import DataConfig, load_config
+from harness.run_name import run_name_for
 from harness.data import ImageListDataset, _init_worker, batches_of, build_loader, build_transform
 from harness.evaluation import ModelInputs
 from harness.images import load_image

@@ -153,6 +153,8 @@ def test_a_mid_epoch_checkpoint_of_two_processes_continues_with_one_at_the_next_
     trained = [index for line in before + after for index in line[2:]]
     assert sorted(map(int, trained)) == list(range(128))
     assert "the epoch continues after 2 of its 2 trained batches" in result.stdout
+    # Counted from 1, as a person reads them: the checkpoint came after batch 1 of epoch 2 (per process of two).
+    assert "(step 3): in epoch 2, after batch 1\n" in result.stdout
     assert "resuming epoch 2 at batch 3/4" in result.stdout
 
 

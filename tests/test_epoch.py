@@ -79,16 +79,22 @@ def test_data_wait_counts_the_time_spent_waiting_for_each_batch_and_nothing_else
     assert 0.15 <= wait.seconds < 0.25
 
 
-@pytest.mark.parametrize("monitor, best, val, improved", [
-    ("val_acc", 0.5, ([1.0, 1.0], [True, True]), True),  # higher accuracy
-    ("val_acc", 0.5, ([0.1, 0.1], [True, False]), False),  # a tie keeps the earlier epoch, whatever the loss
-    ("val_acc", 0.5, ([0.1, 0.1], [False, False]), False),
-    ("val_loss", 0.5, ([0.2, 0.4], [False, False]), True),  # lower loss, whatever the accuracy
-    ("val_loss", 0.5, ([0.5, 0.5], [True, True]), False),  # a tie
-    ("val_loss", 0.5, ([0.9, 0.9], [True, True]), False),  # higher loss
+BEST = {"val_acc": 0.5, "val_loss": 0.5}  # the best epoch's row so far
+
+
+@pytest.mark.parametrize("monitor, val, improved", [
+    ("val_acc", ([1.0, 1.0], [True, True]), True),  # higher accuracy, whatever the loss
+    ("val_acc", ([0.1, 0.1], [True, False]), True),  # the same accuracy with a lower loss
+    ("val_acc", ([0.5, 0.5], [True, False]), False),  # a tie on both keeps the earlier epoch
+    ("val_acc", ([0.9, 0.9], [True, False]), False),  # the same accuracy with a higher loss
+    ("val_acc", ([0.1, 0.1], [False, False]), False),  # lower accuracy, whatever the loss
+    ("val_loss", ([0.2, 0.4], [False, False]), True),  # lower loss, whatever the accuracy
+    ("val_loss", ([0.5, 0.5], [True, True]), True),  # the same loss with a higher accuracy
+    ("val_loss", ([0.5, 0.5], [True, False]), False),  # a tie on both
+    ("val_loss", ([0.9, 0.9], [True, True]), False),  # higher loss
 ])
-def test_improvement_follows_the_direction_of_the_monitored_metric(monitor, best, val, improved):
-    assert epoch_record(0, TRAINED, predictions(*val), 1.0, 0.01, monitor, best)[1] is improved
+def test_improvement_follows_the_monitored_metric_and_breaks_ties_by_the_other(monitor, val, improved):
+    assert epoch_record(0, TRAINED, predictions(*val), 1.0, 0.01, monitor, BEST)[1] is improved
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -50,7 +50,7 @@ def test_two_epochs_then_resume_equals_four_straight(straight, env, tmp_path):
     assert summary(run)["status"] == "interrupted" and summary(run)["epoch"] == 2
     assert not (run / "reports").exists()  # no final evaluation for an unfinished run
     second = run_train(["--resume", run], traced(env, tmp_path / "trace"))
-    assert "resumed from" in second.stdout and "epoch 2, batch 0" in second.stdout
+    assert "resumed from" in second.stdout and f"(step {2 * STEPS_PER_EPOCH}): after epoch 2\n" in second.stdout
     s = summary(run)
     assert s["status"] == "completed" and s["epoch"] == 4 and s["global_step"] == 4 * STEPS_PER_EPOCH
     assert_same_weights(reference / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
