@@ -105,10 +105,6 @@ class DataConfig(Section):
     def check_together(self) -> None:
         if (self.builtin is None) == (self.root is None):
             raise InvalidValue("", "set exactly one of data.builtin (e.g. digits) or data.root (an image folder)")
-        if self.builtin:
-            for key in ("val_fraction", "test_fraction"):
-                if getattr(self, key) is not None:
-                    raise InvalidValue(key, f"data.builtin: {self.builtin} has fixed splits (70/15/15): remove it")
         if self.fraction("val") + self.fraction("test") >= 1.0:
             raise InvalidValue("val_fraction", "data.val_fraction + data.test_fraction must be below 1")
         if self.folds is None and self.fold:
@@ -131,6 +127,9 @@ class DataConfig(Section):
             if getattr(self, key):
                 setattr(self, key, str(Path(getattr(self, key)).expanduser().resolve()))
         for split in ("val", "test"):
+            if self.builtin and getattr(self, f"{split}_fraction") is not None:
+                raise ConfigError(f"data.{split}_fraction: data.builtin: {self.builtin} has fixed splits "
+                                  "(70/15/15): remove it")
             carved = not (self.builtin or Path(self.root, split).is_dir() or (split == "val" and self.folds))
             setattr(self, f"{split}_fraction", self.fraction(split) if carved else None)
 

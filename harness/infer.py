@@ -21,10 +21,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: test")
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"], help="default: best")
     parser.add_argument("--images", nargs="+", metavar="PATH", help="unlabeled image files or folders instead of a split")
-    parser.add_argument("--out", help="output folder (default: <run>/inference/<split or images>)")
+    parser.add_argument("--out", help="output folder (default: <run>/inference/<split>_<checkpoint>, or "
+                        "images-<name>-<hash>_<checkpoint> for --images; _<precision> when --mixed-precision changes it)")
+    parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier inference in that folder")
+    parser.add_argument("--show", type=int, default=10, metavar="N",
+                        help="print the first N predictions (path, label, prediction, confidence); default 10, 0: none")
     parser.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="default: as the run trained")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.show < 0:
+        parser.error("--show: must be 0 or more")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

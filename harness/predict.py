@@ -4,8 +4,10 @@ lists or any images -> per-sample CSV, report, confusion matrix, metrics."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -35,24 +37,52 @@ def predict(args: argparse.Namespace) -> int:
     cfg = load_config(run.config)
     model, meta = _trained_model(run.weights_file(args.checkpoint))
     # Default: the precision the run trained in (from its run config or its launch config).
-    precision = args.mixed_precision or cfg.train.mixed_precision or meta.get("mixed_precision")
-    accelerator = build_accelerator(precision)
+    trained = cfg.train.mixed_precision or meta.get("mixed_precision") or "no"
+    accelerator = build_accelerator(args.mixed_precision or trained)
     setup_logging(accelerator)
 
     samples, root, name = _samples(args, run, cfg)
+    precision = "" if accelerator.mixed_precision == trained else f"_{accelerator.mixed_precision}"
+    out = Path(args.out) if args.out else run.inference(f"{_subject(args, name, samples)}_{args.checkpoint}{precision}")
+    if (out / "metrics.json").exists() and not args.force:  # before any work: nothing earlier is lost
+        raise CheckpointError(f"{out} holds the outputs of an earlier inference: --force replaces them, "
+                              "--out DIR writes elsewhere")
     batch_size = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
     # A disk cache serves inference too; building one in memory for a single pass would gain nothing.
     cache = image_cache("disk", root, samples, cfg.data) if cfg.data.cache == "disk" and not args.images else None
     model, loader = accelerator.prepare(model, eval_loader(cfg.data, root, samples, batch_size, cfg.train.seed, cache))
     preds = evaluate(accelerator, model, loader, ModelInputs(model, cfg.data))
     if accelerator.is_main_process:
-        out = Path(args.out) if args.out else run.inference(name)
         facts = {"run": str(run.root), "split": name, "checkpoint": args.checkpoint, "epoch": meta.get("epoch"),
                  "images": len(preds), "mixed_precision": accelerator.mixed_precision,
                  "num_processes": accelerator.num_processes}
-        _write_outputs(preds, meta["classes"], [path for path, _ in samples], out, facts)
+        _write_outputs(preds, meta["classes"], [path for path, _ in samples], out, facts, args.show)
     leave_together(accelerator)
     return 0
+
+
+def _subject(args: argparse.Namespace, split: str, samples: Samples) -> str:
+    """What an inference predicted, for its folder's name: the split, or the images by the folder or file given
+    and a hash of the whole list (another set of images gets another folder)."""
+    if not args.images:
+        return split
+    given = Path(args.images[0].rstrip("/")).name if len(args.images) == 1 else f"{len(args.images)}-paths"
+    digest = hashlib.sha1("\n".join(path for path, _ in samples).encode()).hexdigest()[:6]
+    return f"images-{re.sub(r'[^A-Za-z0-9_.+-]+', '-', given)[:40]}-{digest}"
+
+
+def prediction_table(preds: Predictions, classes: list[str], paths: list[str], rows: int) -> str:
+    """The first ``rows`` predictions as a table: path, label (for labeled images), prediction, confidence."""
+    if rows == 0 or not len(preds):
+        return ""
+    shown = range(min(rows, len(preds)))
+    table = [["path"] + (["label"] if preds.labeled else []) + ["prediction", "confidence"]]
+    table += [[paths[preds.indices[i]]] + ([classes[preds.labels[i]]] if preds.labeled else [])
+              + [classes[preds.predicted[i]], f"{preds.confidence[i]:.4f}"] for i in shown]
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+    more = f"\n... {len(preds) - len(shown)} more in predictions.csv" if len(preds) > len(shown) else ""
+    return "\n".join(lines) + more + "\n"
 
 
 def _trained_model(weights: Path) -> tuple[torch.nn.Module, dict]:
@@ -81,8 +111,10 @@ def _samples(args: argparse.Namespace, run: RunDir, cfg: Config) -> tuple[Sample
     return splits.splits[args.split], splits.root, args.split
 
 
-def _write_outputs(preds: Predictions, classes: list[str], paths: list[str], out: Path, facts: dict) -> None:
-    """predictions.csv, and for labeled images the report, the confusion matrix and the accuracy in metrics.json."""
+def _write_outputs(preds: Predictions, classes: list[str], paths: list[str], out: Path, facts: dict,
+                   show: int) -> None:
+    """predictions.csv, and for labeled images the report, the confusion matrix and the accuracy in metrics.json;
+    the first ``show`` predictions on the console."""
     out.mkdir(parents=True, exist_ok=True)
     name = facts["split"]
     write_split_outputs(
@@ -96,6 +128,7 @@ def _write_outputs(preds: Predictions, classes: list[str], paths: list[str], out
         correct = int((preds.predicted == preds.labels).sum())
         print(f"{name}: accuracy {preds.accuracy():.4f} ({correct}/{len(preds)})\n\n{preds.report(classes)}")
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    print(prediction_table(preds, classes, paths, show), end="")
     logger.info(f"{len(preds)} predictions written to {out / 'predictions.csv'}")
 
 

@@ -40,7 +40,6 @@ def test_name_defaults_to_file_stem(tmp_path):
         ("data: {builtin: digits}\ntrain: 3\n", "train: expected a mapping"),
         ("data: {builtin: digits, root: /x}\n", "set exactly one of data.builtin"),
         ("data: {root: /x, val_fraction: 0.5, test_fraction: 0.5}\n", "must be below 1"),
-        ("data: {builtin: digits, val_fraction: 0.2}\n", "data.val_fraction: data.builtin: digits has fixed splits"),
         ("data: {builtin: digits}\ntrain: {batch_size: 0}\n", "train.batch_size: must be at least 1"),
         ("data: {builtin: digits}\nloss: {class_weights: heavy}\n", "loss.class_weights: must be null, 'balanced'"),
         ("data: {builtin: digits}\nscheduler: {name: onecycle, warmup_epochs: 1}\n", "set scheduler.pct_start"),

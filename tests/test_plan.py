@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from harness.config import load_config
-from harness.errors import CheckpointError
+from harness.errors import CheckpointError, ConfigError
 from harness.plan import first_difference, resolve_run
 from harness.rundir import RunDir
 from harness.train import parse_args
@@ -105,3 +105,17 @@ def test_first_difference_names_the_first_differing_key_in_sorted_order():
     assert first_difference(saved, {"optim": {"lr": 0.1, "momentum": 0.5}, "train": {"epochs": 4}}) == \
         "optim.momentum: 0.9 there, 0.5 here"
     assert first_difference(saved, {**saved, "log": {}}) == "log: None there, {} here"
+
+
+def test_the_saved_config_says_which_split_fractions_the_run_uses(tmp_path):
+    (tmp_path / "images" / "val").mkdir(parents=True)  # a val/ folder: only test is carved out of the train pool
+    config = tmp_path / "folder.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "images"), "val_fraction": 0.3}}))
+    settled = plan("--config", config, "--output-dir", tmp_path / "runs").cfg.data
+    assert (settled.val_fraction, settled.test_fraction) == (None, 0.1)
+    settled = plan("--config", config, "--output-dir", tmp_path / "runs", "data.folds=3").cfg.data
+    assert (settled.val_fraction, settled.test_fraction) == (None, 0.1)  # k-fold: the folds are the validation
+    digits = plan("--config", DIGITS, "--output-dir", tmp_path / "runs").cfg.data
+    assert (digits.val_fraction, digits.test_fraction) == (None, None)  # fixed splits
+    with pytest.raises(ConfigError, match="data.test_fraction: data.builtin: digits has fixed splits"):
+        plan("--config", DIGITS, "--output-dir", tmp_path / "runs", "data.test_fraction=0.2")

@@ -212,7 +212,7 @@ def test_a_job_completes_and_inference_reproduces_it(jobs, env):
     inferred = sbatch("infer.sh", [run], [], env, run.parent.parent)
     info = inferred.wait()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), inferred.log()
-    predictions = run / "inference" / "test" / "predictions.csv"
+    predictions = run / "inference" / "test_best" / "predictions.csv"
     assert len(predictions.read_text().splitlines()) == 1 + trained["images"]["test"]
 
 

@@ -39,5 +39,5 @@ def test_compile_and_channels_last_resume_exactly_and_export_weights_inference_r
                         tmp_path / "resumed" / "weights" / "last.safetensors")
     # The weights are a plain model's: inference (not compiled, contiguous) gives the run's own test accuracy.
     run_infer(["--run", tmp_path / "straight"], env)
-    metrics = json.loads((tmp_path / "straight" / "inference" / "test" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "straight" / "inference" / "test_best" / "metrics.json").read_text())
     assert metrics["accuracy"] == summary(tmp_path / "straight")["test_acc"]

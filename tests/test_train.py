@@ -108,7 +108,7 @@ def test_tensorboard_has_step_epoch_and_figure_tags(quickstart):
 def test_infer_reproduces_the_training_test_accuracy_exactly(quickstart, env, tmp_path):
     run, _, _ = quickstart
     result = run_infer(["--run", run], env)
-    out = run / "inference" / "test"
+    out = run / "inference" / "test_best"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accuracy"] == summary(run)["test_acc"]
     assert f"accuracy {summary(run)['test_acc']:.4f}" in result.stdout and "precision" in result.stdout
@@ -119,10 +119,24 @@ def test_infer_reproduces_the_training_test_accuracy_exactly(quickstart, env, tm
     assert set(predictions[0]) == {"path", "label", "prediction", "confidence", "top5"}
     assert (out / "classification_report.txt").read_text().startswith(run.name)
     assert (out / "confusion_matrix.png").stat().st_size > 10_000
-    # The last weights on the validation split, to another folder.
-    run_infer(["--run", run, "--split", "val", "--checkpoint", "last", "--out", tmp_path / "val"], env)
-    last = json.loads((tmp_path / "val" / "metrics.json").read_text())
-    assert last["epoch"] == 12 and last["accuracy"] == pytest.approx(float(rows(run / "history.csv")[-1]["val_acc"]))
+    # The first predictions on the console, as in the CSV.
+    table = result.stdout.split("path ", 1)[1].splitlines()
+    assert table[0].split() == ["label", "prediction", "confidence"]
+    assert table[1].split() == [predictions[0]["path"], predictions[0]["label"], predictions[0]["prediction"],
+                                f"{float(predictions[0]['confidence']):.4f}"]
+    assert table[11] == "... 259 more in predictions.csv"  # after a header and 10 rows
+    # The last weights, in a folder of their own; the same inference again is refused, then forced.
+    last = run_infer(["--run", run, "--checkpoint", "last", "--show", "0"], env)
+    assert "path " not in last.stdout
+    last = json.loads((run / "inference" / "test_last" / "metrics.json").read_text())
+    assert last["epoch"] == 12 and metrics == json.loads((out / "metrics.json").read_text())
+    again = run_infer(["--run", run, "--checkpoint", "last"], env, check=False)
+    assert again.returncode == 1 and again.stderr.strip() == (
+        f"error: {run / 'inference' / 'test_last'} holds the outputs of an earlier inference: --force replaces "
+        "them, --out DIR writes elsewhere"), again.stderr
+    run_infer(["--run", run, "--split", "val", "--checkpoint", "last", "--force", "--out", run / "inference" / "test_last"], env)
+    last = json.loads((run / "inference" / "test_last" / "metrics.json").read_text())
+    assert last["split"] == "val" and last["accuracy"] == pytest.approx(float(rows(run / "history.csv")[-1]["val_acc"]))
 
 
 @pytest.mark.slow
@@ -133,9 +147,16 @@ def test_infer_on_unlabeled_images(quickstart, env, tmp_path):
     images.mkdir()
     for i, row in enumerate(rows(run / "splits" / "test.csv")[:7]):
         Image.open(root / row["path"]).save(images / f"{i}.png")
-    run_infer(["--run", run, "--images", images, "--out", tmp_path / "out"], env)
-    predictions = rows(tmp_path / "out" / "predictions.csv")
+    result = run_infer(["--run", run, "--images", images], env)
+    (out,) = (run / "inference").glob("images-unlabeled-*_best")  # the images' own folder
+    predictions = rows(out / "predictions.csv")
     assert len(predictions) == 7 and "label" not in predictions[0]
+    table = result.stdout.split("path ", 1)[1].splitlines()
+    assert [line.split() for line in table[1:8]] == [
+        [p["path"], p["prediction"], f"{float(p['confidence']):.4f}"] for p in predictions]
+    assert str(images / "0.png") == predictions[0]["path"]
+    run_infer(["--run", run, "--images", images / "0.png", images / "1.png", "--out", tmp_path / "out"], env)
+    assert len(rows(tmp_path / "out" / "predictions.csv")) == 2 and len(list((run / "inference").glob("images-*"))) == 1
     assert {p["prediction"] for p in predictions} <= {str(d) for d in range(10)}
     assert not (tmp_path / "out" / "confusion_matrix.png").exists()
     (images / "broken.png").write_bytes(b"")
