@@ -1,13 +1,15 @@
-"""Compare runs side by side: ``python harness/compare.py runs/a runs/b ...`` (or ``harness-compare``).
+"""Compare runs side by side: ``python harness/compare.py runs/a runs/b ... [--plot compare.png]``.
 
 One row per run from its ``summary.json`` and ``config.yaml``: status, progress, the best validation metric and
 its epoch, the final test accuracy, and the config values that differ between the runs (a sweep's parameters);
-then the mean and standard deviation over the runs (a cross-validation's score).
+then the mean and standard deviation over the runs (a cross-validation's score). ``--plot`` draws the runs'
+curves (``history.csv``) on one figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -95,11 +97,34 @@ def format_table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
+def plot_runs(paths: list[Path], out: Path) -> None:
+    """The runs' validation accuracy and losses per epoch on one figure, written to ``out`` (PNG)."""
+    from harness.plots import comparison_figure, save_png
+
+    histories = {}
+    for path in paths:
+        try:
+            with open(RunDir(path).history_csv, newline="") as f:
+                histories[path.name] = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no history.csv yet (the run has not finished an epoch)") from None
+    save_png(comparison_figure(histories), out)
+
+
+def compare(args: argparse.Namespace) -> int:
+    print(format_table(compare_table(args.runs)))
+    if args.plot:
+        plot_runs(args.runs, args.plot)
+        print(f"curves of {len(args.runs)} runs written to {args.plot}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare runs side by side (e.g. a sweep: runs/*-j1234_*).")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the runs' curves on one figure there")
     args = parser.parse_args(argv)
-    return run_cli(lambda: print(format_table(compare_table(args.runs))) or 0)
+    return run_cli(lambda: compare(args))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,19 @@ def build_scheduler(
     return LambdaLR(optimizer, factor)
 
 
+def lr_per_update(optim: OptimConfig, schedule: SchedulerConfig, epochs: int, updates_per_epoch: int) -> list[float]:
+    """The learning rate of every optimizer update of a run, replayed on a stand-in optimizer (for the curves)."""
+    optimizer = build_optimizer(optim, nn.Linear(1, 1))
+    scheduler = build_scheduler(schedule, optimizer, epochs, updates_per_epoch)
+    optimizer.step()  # changes nothing (no gradients); torch expects it before the scheduler's first step
+    rates = []
+    for update in range(max(1, epochs * updates_per_epoch)):
+        if update:
+            scheduler.step()
+        rates.append(scheduler.get_last_lr()[0])
+    return rates
+
+
 def build_criterion(cfg: LossConfig, class_counts: list[int]) -> nn.Module:
     """Cross-entropy with optional label smoothing and class weights ('balanced': n / (k * n_class))."""
     weight = None

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harness.atomic import atomic_path, write_atomic
 from harness.metrics import Predictions
+from harness.plots import confusion_figure, save_png
 from harness.rundir import RunDir
-
-if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: it takes most of a second
-    from matplotlib.figure import Figure
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
                    "train_images_per_second", "val_images_per_second", "data_wait"]
@@ -94,56 +91,3 @@ def write_predictions_csv(preds: Predictions, classes: list[str], paths: list[st
             top = " ".join(f"{classes[c]}:{p:.4f}" for c, p in zip(preds.topk_classes[row], preds.topk_probs[row]))
             label = [classes[preds.labels[row]]] if preds.labeled else []
             writer.writerow([paths[index]] + label + [classes[preds.predicted[row]], f"{preds.confidence[row]:.6f}", top])
-
-
-def confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> Figure:
-    from matplotlib.figure import Figure
-
-    n = len(classes)
-    size = min(4 + 0.45 * n, 24)
-    figure = Figure(figsize=(size, size * 0.85))
-    ax = figure.add_subplot()
-    image = ax.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
-    ax.set_xticklabels(classes, rotation=45, ha="right")
-    ax.set_yticklabels(classes)
-    if n <= 30:
-        threshold = matrix.max() / 2 if matrix.size else 0
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if matrix[i, j] > threshold else "black")
-    figure.tight_layout()
-    return figure
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    epochs = [h["epoch"] for h in history]
-    figure = Figure(figsize=(10, 4))
-    for i, metric in enumerate(("loss", "acc")):
-        ax = figure.add_subplot(1, 2, i + 1)
-        for split in ("train", "val"):
-            ax.plot(epochs, [h[f"{split}_{metric}"] for h in history], marker="o", label=split)
-        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(figure, path)
-
-
-def save_png(figure: Figure, path: Path) -> np.ndarray:
-    """Render ``figure`` once (at 100 dpi) and write it as a PNG; its RGB pixels are returned."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
-
-    canvas = FigureCanvasAgg(figure)
-    figure.set_dpi(100)
-    canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
-    with atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="png")
-    return pixels

@@ -1,6 +1,8 @@
+import logging
 import os
 import signal
 import time
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -12,7 +14,8 @@ from torchvision import transforms as T
 from harness.builtin import builtin_root
 from harness.config import DataConfig, load_config
 from harness.run_name import run_name_for
-from harness.data import ImageListDataset, _init_worker, batches_of, build_loader, build_transform
+from harness.data import (ImageListDataset, _init_worker, batches_of, build_loader, build_transform, eval_loader,
+                          loader_workers)
 from harness.evaluation import ModelInputs
 from harness.images import load_image
 from harness.splits import DataSplits, discover_splits
@@ -307,3 +310,20 @@ def test_loader_workers_leave_stop_signals_to_the_process_that_owns_them(tmp_pat
             os.kill(worker.pid, signum)
     time.sleep(0.5)
     assert len([first, *batches]) == 6  # every batch still comes
+
+
+def test_more_workers_than_cpus_are_clamped_and_said_once(tmp_path, caplog):
+    """Torch would warn at every loader that the workers exceed the CPUs; the harness uses as many as there are
+    and says so once."""
+    root = make_image_folder(tmp_path / "images", classes=2, per_class=4, size=8)
+    cpus = len(os.sched_getaffinity(0))
+    cfg = DataConfig(root=str(root), image_size=8, num_workers=cpus + 7)
+    with caplog.at_level(logging.WARNING, logger="harness.data"):
+        assert loader_workers(cfg) == loader_workers(cfg) == cpus
+    assert [record.getMessage() for record in caplog.records] == [
+        f"data.num_workers: {cpus + 7} asked for, but this process may run on {cpus} CPU(s): using {cpus} loader workers"]
+    samples = discover_splits(DataConfig(root=str(root), val_fraction=0.25, test_fraction=0.25), root).splits["train"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images, labels, _ = next(iter(eval_loader(cfg, root, samples, batch_size=2, seed=0)))
+    assert images.shape == (2, 3, 8, 8)
