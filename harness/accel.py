@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Callable, TypeVar
 
+import psutil
 import torch
 from accelerate import Accelerator
 from accelerate.utils import (DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs, broadcast_object_list,
@@ -23,9 +24,10 @@ DEEPSPEED_BUCKETS = {"reduce_bucket_size": 500_000_000, "allgather_bucket_size":
                      "stage3_prefetch_bucket_size": 50_000_000}
 
 
-def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
-                      clip_grad_norm: float | None = None, batch_size: int | None = None) -> Accelerator:
-    """``mixed_precision=None`` leaves precision to the launch config (ACCELERATE_MIXED_PRECISION)."""
+def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, clip_grad_norm: float | None = None,
+                      batch_size: int | None = None, cpu_threads: int | None = None) -> Accelerator:
+    """``mixed_precision=None`` leaves precision to the launch config (ACCELERATE_MIXED_PRECISION). On a CPU,
+    torch gets ``cpu_threads`` threads (default: ``share_of_cores``), whatever the launcher set."""
     launched = launched_processes()
     on_cpu = launched > 1 and not torch.cuda.is_available()
     # Without CUDA, NCCL cannot work: processes must meet over gloo (DeepSpeed on CPU needs it said).
@@ -46,6 +48,8 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
         kwargs_handlers=handlers,
     )
     check_world(accelerator, launched)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(cpu_threads or share_of_cores())
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         # The run config is the one source of truth for accumulation and clipping under DeepSpeed too
@@ -58,6 +62,15 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
         # weights/*.safetensors are consolidated with accelerator.get_state_dict, which ZeRO-3 allows only so.
         plugin.deepspeed_config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
     return accelerator
+
+
+def share_of_cores() -> int:
+    """This process's share of the physical cores it may run on (hyperthreads add little to torch's kernels),
+    among the launcher's processes on this machine: what accelerate gives a launch config with ``use_cpu``,
+    without the warning it prints then, and what it does not give one without (a single thread)."""
+    cpus = len(os.sched_getaffinity(0))
+    cores = min(cpus, psutil.cpu_count(logical=False) or cpus)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def launched_processes() -> int:
@@ -161,4 +174,5 @@ def environment(accelerator: Accelerator) -> dict:
         "distributed_type": str(accelerator.distributed_type).rsplit(".", 1)[-1],
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
+        "threads": torch.get_num_threads(),  # per process
     }

@@ -127,8 +127,9 @@ def build_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[str
 
 def _announce(rundir: RunDir, env: dict, root: Path, splits: DataSplits, cfg: Config) -> list[str]:
     """Log where and on what the run trains, and warn of what the data check and the config noted (returned)."""
-    logger.info(f"run {rundir.root}  ({env['distributed_type']}, {env['num_processes']} process(es), "
-                f"device {env['device']}, mixed precision {env['mixed_precision']})")
+    distributed = "" if env["distributed_type"] == "NO" else f" ({env['distributed_type']})"
+    logger.info(f"run {rundir.root}  ({env['num_processes']} process(es){distributed}, device {env['device']}, "
+                f"{env['threads']} thread(s) each, mixed precision {env['mixed_precision']})")
     logger.info(f"data {root}: {len(splits.classes)} classes, "
                 + ", ".join(f"{split} {len(samples)}" for split, samples in splits.splits.items())
                 + f"; {loader_workers(cfg.data)} loader worker(s) per process, cache {cfg.data.cache}")

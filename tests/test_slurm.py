@@ -242,7 +242,7 @@ def test_two_machines_train_through_multi_node_yaml_like_two_processes_on_one_no
     assert "requeueing job" in log and "resumed from" in log, log
     assert "CANCELLED" not in log.split("requeueing job")[0], log  # a requested stop ends no machine's step early
     assert log.count("machine 0 of 2") == log.count("machine 1 of 2") == 2, log
-    assert "(MULTI_CPU, 2 process(es)" in log, log
+    assert "(2 process(es) (MULTI_CPU), device cpu" in log, log
     assert log.count("launch_configs/multi_node.yaml") == 4, log  # two machines, two attempts
     assert "launch_configs/cpu_ddp.yaml --num_processes 2" in ddp.log()
     assert summary(machines.run_dir())["num_processes"] == summary(ddp.run_dir())["num_processes"] == 2

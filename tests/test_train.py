@@ -6,12 +6,14 @@ import re
 import statistics
 import time
 
+import psutil
 import pytest
 import yaml
 from PIL import Image
 from safetensors import safe_open
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from harness.accel import share_of_cores
 from harness.builtin import builtin_root
 from harness.config import load_config
 from harness.optim import lr_per_update
@@ -44,6 +46,9 @@ def test_quickstart_trains_digits_fast_and_well(quickstart):
     accuracies = [float(row["val_acc"]) for row in history]
     assert s["best_val_acc"] == pytest.approx(max(accuracies), rel=1e-12)
     assert s["num_processes"] == 1 and s["distributed_type"] == "NO" and s["mixed_precision"] == "no"
+    # The launch config leaves use_cpu out (accelerate would warn): the harness, not the launcher's single
+    # thread, sets the threads, to the process's share of the cores.
+    assert s["threads"] == share_of_cores() == min(len(os.sched_getaffinity(0)), psutil.cpu_count(logical=False))
     assert s["num_parameters"] > 1000
     # Throughput, per epoch in the history and the console, and its medians in the summary.
     assert s["throughput"]["train_images_per_second"] > 100 and s["throughput"]["val_images_per_second"] > 100
