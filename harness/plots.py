@@ -31,12 +31,12 @@ def curves_figure(history: list[dict], lr_per_update: list[float], updates_per_e
     epochs = [h["epoch"] for h in history]
     figure = Figure(figsize=(11, 7.5))
     loss, accuracy, rate, speed = figure.subplots(2, 2).flat
-    for ax, metric in ((loss, "loss"), (accuracy, "acc")):
+    for ax, metric, title in ((loss, "loss", "loss"), (accuracy, "acc", "accuracy")):
         for split in ("train", "val"):
             ax.plot(epochs, [h[f"{split}_{metric}"] for h in history], marker="o", markersize=3, label=split)
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
-        ax.set(xlabel="epoch", title=f"{metric} per epoch")
+        ax.set(xlabel="epoch", title=f"{title} per epoch")
     rate.plot([(update + 1) / updates_per_epoch for update in range(len(lr_per_update))], lr_per_update)
     rate.set(xlabel="epoch", title="learning rate per update")
     for key, label in (("train_images_per_second", "train"), ("val_images_per_second", "val")):
