@@ -2,7 +2,8 @@
 # Inference for a finished run: predictions, metrics and reports, as `accelerate launch harness/infer.py`.
 #   sbatch slurm/infer.sh runs/<name> [infer.py options, e.g. --split val --checkpoint last]
 # Variables: LAUNCH_CONFIG and PROCESSES as in slurm/train.sh. Near the time limit (or preempted) it stops and
-# requeues itself; the next attempt starts the inference again (it writes each file whole).
+# requeues itself; the next attempt starts the inference again (it writes each file whole, and replaces what
+# an earlier attempt wrote).
 #SBATCH --job-name=infer
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
@@ -23,8 +24,11 @@ procs=$(processes_per_node "${SLURM_NTASKS:-1}")
 relay_kill() { kill -KILL -- "-$GROUP" 2>/dev/null; }
 RELAY=relay_kill
 announce_attempt "inference for $run"
+# infer.py refuses a folder that holds an earlier inference; a requeued attempt replaces its own job's outputs.
+force=()
+[ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && force=(--force)
 supervise accelerate launch --quiet --config_file "${LAUNCH_CONFIG:-$(default_launch_config "$procs")}" \
     --num_processes "$procs" --num_cpu_threads_per_process "$(threads_per_process "$procs")" \
-    harness/infer.py --run "$run" "$@"
+    harness/infer.py --run "$run" "${force[@]}" "$@"
 [ "$GOT_USR1" = 1 ] && [ "$SUPERVISED_RC" != 0 ] && requeue
 exit "$SUPERVISED_RC"
