@@ -24,10 +24,10 @@ DEEPSPEED_BUCKETS = {"reduce_bucket_size": 500_000_000, "allgather_bucket_size":
                      "stage3_prefetch_bucket_size": 50_000_000}
 
 
-def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, clip_grad_norm: float | None = None,
-                      batch_size: int | None = None, cpu_threads: int | None = None) -> Accelerator:
+def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
+                      clip_grad_norm: float | None = None, batch_size: int | None = None) -> Accelerator:
     """``mixed_precision=None`` leaves precision to the launch config (ACCELERATE_MIXED_PRECISION). On a CPU,
-    torch gets ``cpu_threads`` threads (default: ``share_of_cores``), whatever the launcher set."""
+    torch gets ``cpu_threads()`` threads, whatever the launcher set."""
     launched = launched_processes()
     on_cpu = launched > 1 and not torch.cuda.is_available()
     # Without CUDA, NCCL cannot work: processes must meet over gloo (DeepSpeed on CPU needs it said).
@@ -49,7 +49,7 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, cl
     )
     check_world(accelerator, launched)
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(cpu_threads or share_of_cores())
+        torch.set_num_threads(cpu_threads())
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         # The run config is the one source of truth for accumulation and clipping under DeepSpeed too
@@ -62,6 +62,18 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1, cl
         # weights/*.safetensors are consolidated with accelerator.get_state_dict, which ZeRO-3 allows only so.
         plugin.deepspeed_config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
     return accelerator
+
+
+def cpu_threads() -> int:
+    """Torch threads for a process on a CPU: ``$HARNESS_CPU_THREADS`` (the SLURM scripts set it from the
+    allocation), else ``share_of_cores()``. Not ``OMP_NUM_THREADS``: accelerate launch sets it to 1 for a launch
+    config without ``use_cpu``."""
+    given = os.environ.get("HARNESS_CPU_THREADS", "")
+    if not given:
+        return share_of_cores()
+    if not given.isdigit() or int(given) < 1:
+        raise LaunchError(f"HARNESS_CPU_THREADS={given!r}: must be a whole number of threads, at least 1 (or unset)")
+    return int(given)
 
 
 def share_of_cores() -> int:

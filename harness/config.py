@@ -185,7 +185,6 @@ class TrainConfig(Section):
     seed: int = 42
     deterministic: bool = False
     compile: bool = False  # torch.compile the model (the first steps compile it; checkpoints and weights unchanged)
-    cpu_threads: Optional[int] = rule(None, at_least(1))  # torch threads per process on a CPU; null: its share of the cores
     skip_nonfinite_steps: int = rule(0, at_least(0))  # updates with a NaN/inf loss to skip before the run fails
 
     def check_engine(self, deepspeed: bool) -> None:

@@ -38,7 +38,7 @@ def predict(args: argparse.Namespace) -> int:
     model, meta = _trained_model(run.weights_file(args.checkpoint))
     # Default: the precision the run trained in (from its run config or its launch config).
     trained = cfg.train.mixed_precision or meta.get("mixed_precision") or "no"
-    accelerator = build_accelerator(args.mixed_precision or trained, cpu_threads=cfg.train.cpu_threads)
+    accelerator = build_accelerator(args.mixed_precision or trained)
     setup_logging(accelerator)
 
     samples, root, name = _samples(args, run, cfg)

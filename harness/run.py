@@ -29,7 +29,7 @@ def train(args: argparse.Namespace) -> int:
     first = resolve_run(args)
     cfg = first.cfg
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.clip_grad_norm,
-                                    cfg.train.batch_size, cfg.train.cpu_threads)
+                                    cfg.train.batch_size)
     setup_logging(accelerator)
     cfg.train.check_engine(deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
     lock = RunLock(first.run)

@@ -58,6 +58,8 @@ default_launch_config() {
 }
 
 # threads_per_process N CPUS: CPU threads for each of N processes sharing CPUS (default: the job's CPUs here).
+# The scripts export it as HARNESS_CPU_THREADS, which the training processes use on a CPU (and pass it to
+# accelerate for OMP_NUM_THREADS).
 threads_per_process() {
     local n=$(( ${2:-${SLURM_CPUS_ON_NODE:-$(nproc)}} / $1 ))
     echo $(( n > 0 ? n : 1 ))

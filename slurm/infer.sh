@@ -27,8 +27,9 @@ announce_attempt "inference for $run"
 # infer.py refuses a folder that holds an earlier inference; a requeued attempt replaces its own job's outputs.
 force=()
 [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && force=(--force)
+export HARNESS_CPU_THREADS=${HARNESS_CPU_THREADS:-$(threads_per_process "$procs")}
 supervise accelerate launch --quiet --config_file "${LAUNCH_CONFIG:-$(default_launch_config "$procs")}" \
-    --num_processes "$procs" --num_cpu_threads_per_process "$(threads_per_process "$procs")" \
+    --num_processes "$procs" --num_cpu_threads_per_process "$HARNESS_CPU_THREADS" \
     harness/infer.py --run "$run" "${force[@]}" "$@"
 [ "$GOT_USR1" = 1 ] && [ "$SUPERVISED_RC" != 0 ] && requeue
 exit "$SUPERVISED_RC"

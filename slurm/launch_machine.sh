@@ -14,9 +14,10 @@ extra=()
 # DeepSpeed across nodes through torchrun on every node, as here, rather than its pdsh/ssh launcher.
 grep -q '^distributed_type: *DEEPSPEED' "$config_file" && extra=(--deepspeed_multinode_launcher standard)
 say "machine $rank of $machines on $(hostname -s): $per_machine process(es), $config_file ${extra[*]}, main $main_host:$port"
+export HARNESS_CPU_THREADS=${HARNESS_CPU_THREADS:-$(threads_per_process "$per_machine" "${SLURM_CPUS_PER_TASK:-}")}
 supervise accelerate launch --quiet --config_file "$config_file" --num_machines "$machines" --machine_rank "$rank" \
     --main_process_ip "$main_host" --main_process_port "$port" --num_processes $(( machines * per_machine )) \
-    --num_cpu_threads_per_process "$(threads_per_process "$per_machine" "${SLURM_CPUS_PER_TASK:-}")" "${extra[@]}" "$@"
+    --num_cpu_threads_per_process "$HARNESS_CPU_THREADS" "${extra[@]}" "$@"
 # A requested stop is not a failure of this machine (srun would end the others' step for it): the batch script
 # reads the outcome from the run's summary.
 [ "$GOT_USR1" = 1 ] && exit 0

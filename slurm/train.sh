@@ -22,5 +22,6 @@ set -uo pipefail
 enter_repo
 training_args train.sh "$@"
 procs=$(processes_per_node "${SLURM_NTASKS:-1}")
+export HARNESS_CPU_THREADS=${HARNESS_CPU_THREADS:-$(threads_per_process "$procs")}
 run_training accelerate launch --quiet --config_file "${LAUNCH_CONFIG:-$(default_launch_config "$procs")}" \
-    --num_processes "$procs" --num_cpu_threads_per_process "$(threads_per_process "$procs")" "${TRAIN_ARGS[@]}"
+    --num_processes "$procs" --num_cpu_threads_per_process "$HARNESS_CPU_THREADS" "${TRAIN_ARGS[@]}"

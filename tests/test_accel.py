@@ -1,10 +1,14 @@
-"""What the harness adds to the Accelerator's DeepSpeed config."""
+"""What the harness adds to the Accelerator: its DeepSpeed config, the CPU threads."""
 
+import os
 from types import SimpleNamespace
 
+import psutil
+import pytest
 import torch
 
-from harness.accel import DEEPSPEED_BUCKETS, size_deepspeed_buckets
+from harness.accel import DEEPSPEED_BUCKETS, cpu_threads, size_deepspeed_buckets
+from harness.errors import LaunchError
 
 
 def with_deepspeed(config: dict):
@@ -22,3 +26,19 @@ def test_deepspeed_buckets_hold_at_most_the_model_and_set_sizes_are_kept():
     assert big["zero_optimization"] == {**DEEPSPEED_BUCKETS, "reduce_bucket_size": 60_000_000,
                                         "allgather_bucket_size": 60_000_000}
     size_deepspeed_buckets(SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)), model)  # no DeepSpeed
+
+
+def test_cpu_threads_are_the_share_of_the_cores_or_what_the_environment_says(monkeypatch):
+    cores = min(len(os.sched_getaffinity(0)), psutil.cpu_count(logical=False))
+    monkeypatch.delenv("HARNESS_CPU_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what accelerate launch sets without use_cpu: not the harness's guide
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cpu_threads() == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores + 1))  # more processes than cores: one thread each
+    assert cpu_threads() == 1
+    monkeypatch.setenv("HARNESS_CPU_THREADS", "3")
+    assert cpu_threads() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("HARNESS_CPU_THREADS", bad)
+        with pytest.raises(LaunchError, match=f"HARNESS_CPU_THREADS='{bad}': must be a whole number"):
+            cpu_threads()
