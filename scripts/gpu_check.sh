@@ -10,7 +10,7 @@ status=0
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
 python -c "import torch, accelerate; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'accelerate', accelerate.__version__)"
 
-timeout 300 python -m pytest -m gpu -rA -q -p no:cacheprovider tests/test_gpu.py > /tmp/gpu_check.log 2>&1
+timeout 300 python -m pytest -o addopts="--strict-markers" -m gpu -rA -q -p no:cacheprovider tests/test_gpu.py > /tmp/gpu_check.log 2>&1
 rc=$?
 sed -n '/short test summary info/,$p' /tmp/gpu_check.log | grep -E "^(PASSED|FAILED|ERROR|SKIPPED)" | sed 's/^/check: /'
 tail -1 /tmp/gpu_check.log
