@@ -7,7 +7,6 @@ optimizer and scheduler together) -> [load_checkpoint] -> reporter and summary.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from harness.config import Config
 from harness.data import ImageListDataset, build_loader, build_transform, eval_loader, image_cache, loader_workers
 from harness.evaluation import match_buffers_to_params
 from harness.models import build_model, num_parameters
-from harness.optim import build_criterion, build_optimizer, build_scheduler
+from harness.optim import build_criterion, build_optimizer, build_scheduler, updates_per_epoch
 from harness.plan import RunPlan
 from harness.reporting import Reporter
 from harness.restore import load_checkpoint
@@ -82,8 +81,8 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     # Loaders first: the schedule is defined in optimizer updates, which depend on the per-process loader length.
     train_loader, *prepared_eval = accelerator.prepare(train_loader, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, prepared_eval))
-    updates_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum_steps)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs, updates_per_epoch)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs,
+                                updates_per_epoch(len(train_loader), cfg.train.grad_accum_steps))
     # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
     size_deepspeed_buckets(accelerator, model)
     parameters = num_parameters(model)  # before ZeRO-3 partitions them

@@ -28,6 +28,11 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
     return optimizer(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
+def updates_per_epoch(batches: int, grad_accum_steps: int) -> int:
+    """Optimizer updates in an epoch of ``batches`` per process (the last, shorter accumulation counts)."""
+    return math.ceil(batches / grad_accum_steps)
+
+
 def build_scheduler(
     cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int, updates_per_epoch: int
 ) -> LRScheduler:

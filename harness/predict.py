@@ -7,7 +7,6 @@ import argparse
 import hashlib
 import json
 import logging
-import re
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ import torch
 from harness.accel import build_accelerator, leave_together, setup_logging
 from harness.atomic import write_atomic
 from harness.builtin import data_root
+from harness.compare import format_table
 from harness.config import Config, ModelConfig, load_config
 from harness.data import eval_loader, image_cache
 from harness.errors import CheckpointError, DataError
@@ -24,6 +24,7 @@ from harness.metrics import Predictions
 from harness.models import build_model
 from harness.reporting import write_split_outputs
 from harness.rundir import RunDir
+from harness.run_name import name_value
 from harness.splits import DataSplits, Samples
 from harness.weights import load_weights
 
@@ -66,9 +67,9 @@ def _subject(args: argparse.Namespace, split: str, samples: Samples) -> str:
     and a hash of the whole list (another set of images gets another folder)."""
     if not args.images:
         return split
-    given = Path(args.images[0].rstrip("/")).name if len(args.images) == 1 else f"{len(args.images)}-paths"
+    given = name_value(args.images[0]) if len(args.images) == 1 else f"{len(args.images)}-paths"
     digest = hashlib.sha1("\n".join(path for path, _ in samples).encode()).hexdigest()[:6]
-    return f"images-{re.sub(r'[^A-Za-z0-9_.+-]+', '-', given)[:40]}-{digest}"
+    return f"images-{given}-{digest}"
 
 
 def prediction_table(preds: Predictions, classes: list[str], paths: list[str], rows: int) -> str:
@@ -79,10 +80,8 @@ def prediction_table(preds: Predictions, classes: list[str], paths: list[str], r
     table = [["path"] + (["label"] if preds.labeled else []) + ["prediction", "confidence"]]
     table += [[paths[preds.indices[i]]] + ([classes[preds.labels[i]]] if preds.labeled else [])
               + [classes[preds.predicted[i]], f"{preds.confidence[i]:.4f}"] for i in shown]
-    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
     more = f"\n... {len(preds) - len(shown)} more in predictions.csv" if len(preds) > len(shown) else ""
-    return "\n".join(lines) + more + "\n"
+    return format_table(table) + more + "\n"
 
 
 def _trained_model(weights: Path) -> tuple[torch.nn.Module, dict]:

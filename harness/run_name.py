@@ -19,14 +19,16 @@ def run_name_for(cfg: Config, overrides: list[str]) -> str:
     parts = []
     for text in overrides:
         key, value = parse_override(text)
-        parts.append((key.split(".")[-1], _name_value(value)))
+        parts.append((key.split(".")[-1], name_value(value)))
     if cfg.data.folds and "fold" not in dict(parts):  # k-fold runs of one config differ by their fold
         parts.append(("fold", str(cfg.data.fold)))
     name = "_".join([cfg.name or "run"] + [key + value for key, value in sorted(parts)])
     return re.sub(r"[^A-Za-z0-9._+-]+", "", name.replace(" ", ""))[:200]
 
 
-def _name_value(value: Any) -> str:
+def name_value(value: Any) -> str:
+    """A value as a run or folder name shows it: a path by its last part, a list as ``0.5-0.5``, at most 24
+    characters (a longer value cut, with a short hash of the whole)."""
     text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
     if isinstance(value, str) and re.search(r"[/\\]", value.rstrip("/\\")):
         text = re.split(r"[/\\]", value.rstrip("/\\"))[-1]

@@ -24,7 +24,7 @@ from harness.evaluation import ModelInputs, evaluate
 from harness.metrics import Predictions
 from harness.poll import Poll, Poller
 from harness.probes import LoopProbes
-from harness.optim import lr_per_update
+from harness.optim import lr_per_update, updates_per_epoch
 from harness.plots import curves_figure, save_png
 from harness.reporting import write_split_outputs
 from harness.restore import restore_best
@@ -254,9 +254,9 @@ class Trainer:
             if run.accelerator.is_main_process:
                 self._write_split(split, preds)
         if run.accelerator.is_main_process:
-            updates_per_epoch = math.ceil(len(run.train_loader) / run.cfg.train.grad_accum_steps)
-            rates = lr_per_update(run.cfg.optim, run.cfg.scheduler, run.cfg.train.epochs, updates_per_epoch)
-            save_png(curves_figure(state.history, rates, updates_per_epoch, state.best_epoch),
+            updates = updates_per_epoch(len(run.train_loader), run.cfg.train.grad_accum_steps)
+            rates = lr_per_update(run.cfg.optim, run.cfg.scheduler, run.cfg.train.epochs, updates)
+            save_png(curves_figure(state.history, rates, updates, state.best_epoch),
                      run.rundir.reports / "curves.png")
         return results
 
