@@ -24,7 +24,7 @@ from harness.accel import environment, log_to_file, on_main, size_deepspeed_buck
 from harness.builtin import data_root
 from harness.checkpoint import clean_temporary
 from harness.config import Config
-from harness.data import ImageListDataset, build_loader, build_transform, eval_loader, image_cache, loader_workers
+from harness.data import ImageListDataset, build_loader, build_transform, eval_loader, image_cache
 from harness.evaluation import match_buffers_to_params
 from harness.models import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler, updates_per_epoch
@@ -36,6 +36,7 @@ from harness.splits import DataSplits, discover_splits
 from harness.state import TrainState
 from harness.summary import RunSummary
 from harness.weights import weights_metadata
+from harness.workers import loader_workers
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,8 @@ A config is a YAML file with the sections below; every key has a default, so a f
 changes. Overrides on the command line use the dotted form ``section.key=value`` (the value is parsed as
 YAML: ``optim.lr=0.01``, ``train.deterministic=true``, ``data.mean=[0.5,0.5,0.5]``, ``train.clip_grad_norm=null``).
 
-Each section checks itself: a field's own rule sits next to it (``rule(default, at_least(1))``), and what
-involves several fields is the section's ``check_together``. Types and unknown keys are checked while the
-YAML is turned into these classes (``harness.typed``).
+Each section checks itself (``harness.rules``). Types and unknown keys are checked while the YAML is turned
+into these classes (``harness.typed``).
 """
 
 from __future__ import annotations
@@ -15,12 +14,14 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 import yaml
 
 from harness.atomic import write_atomic
 from harness.errors import ConfigError
+from harness.rules import (FRACTION, OPEN_FRACTION, POSITIVE, SHARE, InvalidValue, Rule, Section, at_least, count,
+                           rule)
 from harness.typed import build_typed
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -28,58 +29,11 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 DEFAULT_SPLIT_FRACTION = 0.1  # of the train pool, for a val or test split that is carved out of it
 
 
-class Rule(NamedTuple):
-    """What a field's value must meet (``holds``), and how an error says it (``requirement``)."""
-
-    holds: Callable[[Any], bool]
-    requirement: str  # completes "must ...", e.g. "be at least 1"
-
-
-def rule(default: Any = dataclasses.MISSING, check: Rule | None = None, factory: Any = dataclasses.MISSING):
-    """A field with a default (or a ``factory``) and the rule its value must meet (not checked when null)."""
-    return field(default=default, default_factory=factory, metadata={"rule": check})
-
-
-def at_least(low: int) -> Rule:
-    return Rule(lambda value: value >= low, f"be at least {low}")
-
-
-def count(n: int, what: str = "") -> Rule:
-    return Rule(lambda values: len(values) == n, f"hold {n} values{what}")
-
-
-POSITIVE = Rule(lambda value: value > 0, "be positive")
-FRACTION = Rule(lambda value: 0.0 <= value < 1.0, "be in [0, 1)")
-OPEN_FRACTION = Rule(lambda value: 0.0 < value < 1.0, "be in (0, 1)")
-SHARE = Rule(lambda value: 0.0 < value <= 1.0, "be in (0, 1]")
 CLASS_WEIGHTS = Rule(
     lambda value: value == "balanced" or (isinstance(value, list) and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)),
     "be null, 'balanced' or a list of numbers (one per class)",
 )
-
-
-class InvalidValue(Exception):
-    """A section's value breaks a rule; ``key`` is relative to the section ("" for the section itself)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-class Section:
-    """A config section: checks every field's rule, then ``check_together``."""
-
-    def check(self) -> None:
-        for spec in dataclasses.fields(self):
-            value, check = getattr(self, spec.name), spec.metadata.get("rule")
-            if check and value is not None and not check.holds(value):
-                optional = " (or null)" if str(spec.type).startswith("Optional[") else ""
-                raise InvalidValue(spec.name, f"must {check.requirement}{optional}, got {value!r}")
-        self.check_together()
-
-    def check_together(self) -> None:
-        """Rules that involve several fields of the section; raise InvalidValue."""
 
 
 @dataclass
@@ -97,7 +51,7 @@ class DataConfig(Section):
     mean: List[float] = rule(check=count(3, " (R, G, B)"), factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = rule(check=count(3, " (R, G, B)"), factory=lambda: list(IMAGENET_STD))
     augmentations: List[Any] = field(default_factory=lambda: ["hflip"])  # names or {name: ..., <kwargs>}
-    num_workers: Optional[int] = rule(None, at_least(0))  # per process; null: from the CPUs (harness.data.default_workers)
+    num_workers: Optional[int] = rule(None, at_least(0))  # per process; null: from the CPUs (harness.workers.default_workers)
     cache: Literal["none", "memory", "disk"] = "none"  # decoded, resized images kept: in the process, or on disk
     on_bad_image: Literal["error", "skip"] = "error"  # an unreadable image: stop naming them all, or leave them out
     max_image_pixels: Optional[int] = rule(89_478_485, at_least(1))  # larger images are bad (decompression bombs)

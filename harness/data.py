@@ -10,19 +10,12 @@ unless an augmentation works on the normalised tensor (``random_erasing``).
 
 from __future__ import annotations
 
-import atexit
 import difflib
-import functools
 import logging
-import multiprocessing
-import os
-import random
-import signal
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
@@ -33,6 +26,7 @@ from harness.errors import ConfigError
 from harness.image_cache import ImageCache, build_cache
 from harness.images import load_image
 from harness.splits import Samples
+from harness.workers import _init_worker, loader_workers
 
 logger = logging.getLogger(__name__)
 
@@ -175,77 +169,19 @@ class ImageListDataset(Dataset):
             return self.transform.rest(image), label, index
 
 
-# Signals a scheduler or a terminal sends to every process of a job (SLURM's SIGTERM on a requeue or preemption
-# included): the process that owns the loader acts on them and shuts its workers down; a worker killed by one
-# would fail the batch, or the checkpoint, that should end the run cleanly.
-LEFT_TO_PARENT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-
-
-@atexit.register  # registered after multiprocessing's own exit hook, so it runs first
-def _kill_leftover_workers() -> None:
-    """At exit, multiprocessing ends the workers a failing loop left behind with SIGTERM, which they ignore:
-    they are killed instead (they hold nothing worth a clean exit)."""
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join()
-
-
-_END = object()  # what batches_of's first next() gives for an empty loader
-
-
-def batches_of(loader) -> Iterator:
-    """The batches of ``loader``. The stop signals wait until the first one is in, the loader having forked its
-    workers by then: a worker must not die of one before ``_init_worker`` makes it ignore them (torch
-    gives workers a SIGTERM handler that ends them), and it inherits the signals held, so none reaches it
-    before then. Held, a signal is delivered once the first batch is in, not lost."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, LEFT_TO_PARENT)
-    try:  # a DataLoader forks in iter(), accelerate's wrapper at its first batch
-        iterator = iter(loader)
-        first = next(iterator, _END)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    if first is not _END:
-        yield first
-        yield from iterator
-
-
-def _init_worker(worker_id: int) -> None:
-    for signum in LEFT_TO_PARENT:
-        signal.signal(signum, signal.SIG_IGN)  # a signal that arrived since the fork, held, is dropped
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, LEFT_TO_PARENT)
-    seed = torch.initial_seed() % 2**32  # torch gives each worker base_seed + worker_id
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-MAX_DEFAULT_WORKERS = 8
-
-
-def loader_workers(cfg: DataConfig) -> int:
-    """``data.num_workers``, at most the CPUs this process may run on (more would only compete for them)."""
-    if cfg.num_workers is None:
-        return default_workers()
-    cpus = len(os.sched_getaffinity(0))
-    if cfg.num_workers > cpus:
-        _say_once(f"data.num_workers: {cfg.num_workers} asked for, but this process may run on {cpus} CPU(s): "
-                  f"using {cpus} loader workers")
-        return cpus
-    return cfg.num_workers
-
-
-@functools.cache
-def _say_once(message: str) -> None:
-    logger.warning(message)
-
-
-def default_workers() -> int:
-    """Loader workers per process when ``data.num_workers`` is null, from this process's share of the CPUs it
-    may run on (the launcher's processes on this machine share them): with a GPU, every CPU of the share feeds
-    it (at most 8); on the CPU, the training process's own threads use the cores, and workers would compete
-    with them, so a quarter of the share (none on a machine of up to 7 cores)."""
-    share = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return min(MAX_DEFAULT_WORKERS, max(1, share) if torch.cuda.is_available() else share // 4)
+def collate(samples: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``default_collate``'s batch, ``(images, labels, indices)``, as views of one block of memory: a worker
+    hands the training process one shared buffer per batch instead of three (each a file-descriptor
+    handshake, which was most of the time the loop waited for a batch)."""
+    count, first = len(samples), samples[0][0]
+    block = torch.empty(16 * count + count * first.numel() * first.element_size(), dtype=torch.uint8)
+    if get_worker_info() is not None:
+        block.share_memory_()
+    numbers = block[:16 * count].view(torch.int64).view(2, count)
+    numbers.copy_(torch.tensor([[label for _, label, _ in samples], [index for _, _, index in samples]]))
+    images = block[16 * count:].view(first.dtype).view(count, *first.shape)
+    torch.stack([image for image, _, _ in samples], out=images)
+    return images, numbers[0], numbers[1]
 
 
 def build_loader(dataset: ImageListDataset, batch_size: int, num_workers: int, seed: int, shuffle: bool = False,
@@ -260,20 +196,11 @@ def build_loader(dataset: ImageListDataset, batch_size: int, num_workers: int, s
         sampler=EpochSampler(len(dataset), seed) if shuffle else None,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
+        collate_fn=collate,
         worker_init_fn=_init_worker,
         generator=generator,
         persistent_workers=persistent and num_workers > 0,
     )
-
-
-def release_workers(loader) -> None:
-    """End the workers a loader keeps across epochs (``persistent``) once it will not be read again: they hold
-    memory. ``loader`` may be accelerate's wrapper around a DataLoader."""
-    loader = getattr(loader, "base_dataloader", loader)
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-    loader._iterator = None
 
 
 def eval_loader(cfg: DataConfig, root: Path, samples: Samples, batch_size: int, seed: int,

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from accelerate import Accelerator
 
-from harness.data import batches_of
+from harness.workers import batches_of
 from harness.metrics import Predictions
 
 # checkpoint.monitor -> whether a higher value is better

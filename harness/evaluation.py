@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast
 
 from harness.config import DataConfig
-from harness.data import batches_of
+from harness.workers import batches_of
 from harness.metrics import Predictions
 
 TOP_K = 5

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from harness.build import Run
 from harness.checkpoint import checkpoint_name, latest_name, save_checkpoint
-from harness.data import release_workers
+from harness.workers import release_workers
 from harness.epoch import DataWait, EpochMeter, TrainedEpoch, epoch_record
 from harness.errors import TrainingDiverged
 from harness.evaluation import ModelInputs, evaluate

@@ -14,8 +14,8 @@ from torchvision import transforms as T
 from harness.builtin import builtin_root
 from harness.config import DataConfig, load_config
 from harness.run_name import run_name_for
-from harness.data import (ImageListDataset, _init_worker, batches_of, build_loader, build_transform, eval_loader,
-                          loader_workers)
+from harness.data import ImageListDataset, build_loader, build_transform, collate, eval_loader
+from harness.workers import _init_worker, batches_of, loader_workers
 from harness.evaluation import ModelInputs
 from harness.images import load_image
 from harness.splits import DataSplits, discover_splits
@@ -251,6 +251,27 @@ def test_augmentation_is_seeded_per_sample_and_leaves_global_rng_alone(tmp_path)
             assert all(torch.equal(image, b[epoch, i][0]) for image, i in zip(images, indices.tolist()))
 
 
+@pytest.mark.parametrize("augmentations", [["hflip"], ["hflip", "random_erasing"]], ids=["uint8", "float"])
+def test_a_batch_is_default_collates_in_one_shared_block(tmp_path, augmentations):
+    """The loaders' collate gives default_collate's tensors, bit for bit and of its dtypes, as views of one
+    storage, which a worker allocates shared (one buffer crosses to the training process per batch)."""
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=5, size=12)
+    cfg = DataConfig(root=str(root), image_size=12, augmentations=augmentations)
+    samples = [(f"class_{c}/{i:03d}.png", c) for c in range(2) for i in range(5)] + [("class_0/000.png", -1)]
+    dataset = ImageListDataset(root, samples, build_transform(cfg, train=True), augment_seed=1)
+    items = [dataset[0, i] for i in range(len(dataset))]
+    expected = torch.utils.data.default_collate(items)
+    batch = collate(items)
+    for got, want in zip(batch, expected, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
+    assert len({t.untyped_storage().data_ptr() for t in batch}) == 1 and not batch[0].is_shared()
+    loader = build_loader(dataset, batch_size=len(dataset), num_workers=1, seed=0, shuffle=True)
+    (images, labels, indices), = list(loader)
+    assert images.is_shared() and len({t.untyped_storage().data_ptr() for t in (images, labels, indices)}) == 1
+    assert all(torch.equal(image, dataset[0, i][0]) for image, i in zip(images, indices.tolist()))
+    assert labels.tolist() == [dataset.samples[i][1] for i in indices.tolist()]
+
+
 def test_unknown_augmentation_suggests(tmp_path):
     with pytest.raises(ConfigError, match=r"data.augmentations\[1\]: unknown augmentation 'hflp' \(did you mean 'hflip'\?\)"):
         build_transform(DataConfig(builtin="digits", augmentations=["vflip", "hflp"]), train=True)
@@ -318,7 +339,7 @@ def test_more_workers_than_cpus_are_clamped_and_said_once(tmp_path, caplog):
     root = make_image_folder(tmp_path / "images", classes=2, per_class=4, size=8)
     cpus = len(os.sched_getaffinity(0))
     cfg = DataConfig(root=str(root), image_size=8, num_workers=cpus + 7)
-    with caplog.at_level(logging.WARNING, logger="harness.data"):
+    with caplog.at_level(logging.WARNING, logger="harness.workers"):
         assert loader_workers(cfg) == loader_workers(cfg) == cpus
     assert [record.getMessage() for record in caplog.records] == [
         f"data.num_workers: {cpus + 7} asked for, but this process may run on {cpus} CPU(s): using {cpus} loader workers"]
