@@ -64,6 +64,12 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
     return accelerator
 
 
+def zero_stage(accelerator: Accelerator) -> int | None:
+    """DeepSpeed's ZeRO stage (0 to 3); None without DeepSpeed."""
+    plugin = accelerator.state.deepspeed_plugin
+    return None if plugin is None else int(plugin.zero_stage)
+
+
 def cpu_threads() -> int:
     """Torch threads for a process on a CPU: ``$HARNESS_CPU_THREADS`` (the SLURM scripts set it from the
     allocation), else ``share_of_cores()``. Not ``OMP_NUM_THREADS``: accelerate launch sets it to 1 for a launch

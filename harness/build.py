@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from harness.accel import environment, log_to_file, on_main, size_deepspeed_buckets
+from harness.averaging import WeightAverage
 from harness.builtin import data_root
 from harness.checkpoint import clean_temporary
 from harness.config import Config
@@ -55,6 +56,7 @@ class Run:
     optimizer: Optimizer
     scheduler: LRScheduler
     criterion: nn.Module
+    averaging: WeightAverage | None  # train.ema
     state: TrainState  # restored from the checkpoint when resuming
     reporter: Reporter
     summary: RunSummary
@@ -83,12 +85,16 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     train_loader, *prepared_eval = accelerator.prepare(train_loader, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, prepared_eval))
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs,
-                                updates_per_epoch(len(train_loader), cfg.train.grad_accum_steps))
+                                updates_per_epoch(len(train_loader), cfg.train.grad_accum_steps),
+                                cfg.model.freeze_backbone_epochs)
     # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
     size_deepspeed_buckets(accelerator, model)
     parameters = num_parameters(model)  # before ZeRO-3 partitions them
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     match_buffers_to_params(model)
+    averaging = WeightAverage(cfg.train.ema, model) if cfg.train.ema else None
+    if averaging is not None:  # before a checkpoint is loaded: it holds the average too
+        accelerator.register_for_checkpointing(averaging)
     state = _restore(accelerator, cfg, plan.resume_from)
 
     main = accelerator.is_main_process
@@ -102,7 +108,8 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
         "skipped_images": len(splits.skipped), "warnings": notes,
     }
     return Run(
-        accelerator, cfg, rundir, splits, train_loader, eval_loaders, model, optimizer, scheduler, criterion, state,
+        accelerator, cfg, rundir, splits, train_loader, eval_loaders, model, optimizer, scheduler, criterion, averaging,
+        state,
         reporter, summary=RunSummary(rundir, main, state, cfg.train.epochs, cfg.checkpoint.monitor, facts),
         weights_meta=weights_metadata(cfg, splits.classes, rundir.name, accelerator.mixed_precision),
     )

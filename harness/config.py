@@ -20,8 +20,8 @@ import yaml
 
 from harness.atomic import write_atomic
 from harness.errors import ConfigError
-from harness.rules import (FRACTION, OPEN_FRACTION, POSITIVE, SHARE, InvalidValue, Rule, Section, at_least, count,
-                           rule)
+from harness.rules import (FRACTION, OPEN_FRACTION, POSITIVE, PROBABILITY, SHARE, InvalidValue, Rule, Section,
+                           at_least, count, rule)
 from harness.typed import build_typed
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -34,6 +34,18 @@ CLASS_WEIGHTS = Rule(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)),
     "be null, 'balanced' or a list of numbers (one per class)",
 )
+
+
+@dataclass
+class MixupConfig(Section):
+    alpha: float = rule(0.8, at_least(0))  # mixup: images blended by Beta(alpha, alpha); 0: no mixup
+    cutmix_alpha: float = rule(1.0, at_least(0))  # CutMix: a box pasted, its area from Beta(a, a); 0: no CutMix
+    prob: float = rule(1.0, PROBABILITY)  # the share of batches mixed at all
+    switch_prob: float = rule(0.5, PROBABILITY)  # with both: the share of mixed batches that use CutMix
+
+    def check_together(self) -> None:
+        if self.alpha == 0 and self.cutmix_alpha == 0:
+            raise InvalidValue("", "set data.mixup.alpha or data.mixup.cutmix_alpha above 0 (or data.mixup: null)")
 
 
 @dataclass
@@ -51,6 +63,7 @@ class DataConfig(Section):
     mean: List[float] = rule(check=count(3, " (R, G, B)"), factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = rule(check=count(3, " (R, G, B)"), factory=lambda: list(IMAGENET_STD))
     augmentations: List[Any] = field(default_factory=lambda: ["hflip"])  # names or {name: ..., <kwargs>}
+    mixup: Optional[MixupConfig] = None  # mixup and CutMix of training batches, with soft targets
     num_workers: Optional[int] = rule(None, at_least(0))  # per process; null: from the CPUs (harness.workers.default_workers)
     cache: Literal["none", "memory", "disk"] = "none"  # decoded, resized images kept: in the process, or on disk
     on_bad_image: Literal["error", "skip"] = "error"  # an unreadable image: stop naming them all, or leave them out
@@ -94,6 +107,7 @@ class ModelConfig(Section):
     pretrained: bool = False  # torchvision weights, only from the local torch hub cache
     kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to the model's constructor
     channels_last: bool = False  # NHWC weights and inputs: faster convolutions on GPUs with tensor cores
+    freeze_backbone_epochs: int = rule(0, at_least(0))  # only the classifier (last layer) learns in these first epochs
 
 
 @dataclass
@@ -105,6 +119,8 @@ class OptimConfig(Section):
     weight_decay: float = 0.0
     betas: List[float] = rule(check=count(2), factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    decay_norm_and_bias: bool = False  # weight_decay on biases and normalisation weights too (timm: no)
+    head_lr_multiplier: float = rule(1.0, POSITIVE)  # the classifier (last layer) learns at optim.lr times this
 
 
 @dataclass
@@ -129,6 +145,18 @@ class LossConfig(Section):
 
 
 @dataclass
+class EmaConfig(Section):
+    decay: float = rule(0.9998, FRACTION)  # the share of the average each update keeps
+    warmup_steps: int = rule(0, at_least(0))  # the decay rises linearly from 0 over this many updates
+
+
+@dataclass
+class EarlyStoppingConfig(Section):
+    patience: int = rule(5, at_least(1))  # epochs without an improvement of checkpoint.monitor before the run stops
+    min_delta: float = rule(0.0, at_least(0))  # an improvement is a change by more than this
+
+
+@dataclass
 class TrainConfig(Section):
     epochs: int = rule(10, at_least(1))
     batch_size: int = rule(32, at_least(1))  # per process
@@ -140,12 +168,18 @@ class TrainConfig(Section):
     deterministic: bool = False
     compile: bool = False  # torch.compile the model (the first steps compile it; checkpoints and weights unchanged)
     skip_nonfinite_steps: int = rule(0, at_least(0))  # updates with a NaN/inf loss to skip before the run fails
+    ema: Optional[EmaConfig] = None  # an exponential moving average of the weights, evaluated beside them
+    early_stopping: Optional[EarlyStoppingConfig] = None  # end the run when checkpoint.monitor stops improving
 
-    def check_engine(self, deepspeed: bool) -> None:
-        """What the launch adds to the rules: DeepSpeed's engine applies the update inside backward."""
-        if deepspeed and self.skip_nonfinite_steps:
+    def check_engine(self, zero_stage: int | None) -> None:
+        """What the launch adds to the rules (``zero_stage``: DeepSpeed's, None without it). DeepSpeed's engine
+        applies the update inside backward; ZeRO-3 leaves each process a shard of every parameter."""
+        if zero_stage is not None and self.skip_nonfinite_steps:
             raise ConfigError("train.skip_nonfinite_steps: not possible under DeepSpeed, whose engine applies the "
                               "update inside backward; set it to 0 (a non-finite loss then stops the run)")
+        if zero_stage == 3 and self.ema is not None:
+            raise ConfigError("train.ema: not possible under DeepSpeed ZeRO-3, where no process holds whole "
+                              "parameters to average; use ZeRO-2 or DDP, or set train.ema: null")
 
 
 @dataclass

@@ -42,6 +42,8 @@ AUGMENTATIONS: dict[str, Callable[..., Callable]] = {
     "affine": lambda size, degrees=10, **kw: T.RandomAffine(degrees, **kw),
     "color_jitter": lambda size, **kw: T.ColorJitter(**kw),
     "trivial_augment": lambda size, **kw: T.TrivialAugmentWide(**kw),
+    "rand_augment": lambda size, **kw: T.RandAugment(**kw),
+    "auto_augment": lambda size, policy="imagenet", **kw: T.AutoAugment(T.AutoAugmentPolicy(policy), **kw),
 }
 TENSOR_AUGMENTATIONS = {"random_erasing": lambda size, **kw: T.RandomErasing(**kw)}
 

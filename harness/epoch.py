@@ -13,8 +13,9 @@ from typing import Iterator
 import torch
 from accelerate import Accelerator
 
-from harness.workers import batches_of
+from harness.config import EarlyStoppingConfig
 from harness.metrics import Predictions
+from harness.workers import batches_of
 
 # checkpoint.monitor -> whether a higher value is better
 HIGHER_IS_BETTER = {"val_acc": True, "val_loss": False}
@@ -90,10 +91,10 @@ class EpochMeter:
                             data_wait_seconds)
 
 
-def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, val_seconds: float, lr: float, monitor: str,
-                 best: dict | None) -> tuple[dict, bool]:
-    """The history row of ``epoch`` (0-based) and whether it beats ``best``, the best epoch's row so far (see
-    ``beats``). Throughput counts the images of every process. Pure: nothing is read or written."""
+def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, val_seconds: float, lr: float,
+                 averaged: Predictions | None = None) -> dict:
+    """The history row of ``epoch`` (0-based); ``averaged``: the validation of the weight average
+    (``train.ema``). Throughput counts the images of every process. Pure: nothing is read or written."""
     record = {
         "epoch": epoch + 1,
         "train_loss": trained.loss,
@@ -106,15 +107,56 @@ def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, val_second
         "val_images_per_second": len(val) / max(val_seconds, 1e-9),
         "data_wait": trained.data_wait_seconds / max(trained.seconds, 1e-9),
     }
-    return record, beats(record, best, monitor)
+    if averaged is not None:
+        record.update(ema_val_loss=averaged.loss(), ema_val_acc=averaged.accuracy())
+    return record
+
+
+def _better(scores: dict, than: dict, monitor: str) -> bool:
+    """``scores`` beat ``than`` on ``monitor``; a tie on it is decided by the other validation metric (an equal
+    accuracy with a lower loss wins), a tie on both is not better."""
+    for key in (monitor, TIE_BREAKER[monitor]):
+        if scores[key] != than[key]:
+            return scores[key] > than[key] if HIGHER_IS_BETTER[key] else scores[key] < than[key]
+    return False
+
+
+def chosen_weights(record: dict, monitor: str) -> str:
+    """Which weights of an epoch count: ``ema`` when its average validated better than the weights themselves
+    (``raw``), which win a tie."""
+    if "ema_val_acc" in record and _better(_scores(record, "ema"), _scores(record, "raw"), monitor):
+        return "ema"
+    return "raw"
+
+
+def _scores(record: dict, weights: str) -> dict:
+    prefix = "ema_" if weights == "ema" else ""
+    return {"val_acc": record[f"{prefix}val_acc"], "val_loss": record[f"{prefix}val_loss"]}
+
+
+def scores(record: dict, monitor: str) -> dict:
+    """The validation figures of the epoch's chosen weights: what "best" and early stopping compare."""
+    return _scores(record, chosen_weights(record, monitor))
 
 
 def beats(record: dict, best: dict | None, monitor: str) -> bool:
-    """Whether an epoch's row is better than ``best`` on ``monitor``; a tie on it is decided by the other
-    validation metric (an equal accuracy with a lower loss wins), a tie on both keeps the earlier epoch."""
-    if best is None:
-        return True
-    for key in (monitor, TIE_BREAKER[monitor]):
-        if record[key] != best[key]:
-            return record[key] > best[key] if HIGHER_IS_BETTER[key] else record[key] < best[key]
-    return False
+    """Whether an epoch's row is better than ``best`` on ``monitor`` (see ``_better``; a tie keeps the earlier
+    epoch), each by its chosen weights."""
+    return best is None or _better(scores(record, monitor), scores(best, monitor), monitor)
+
+
+def stopped_early_at(history: list[dict], monitor: str, rule: EarlyStoppingConfig | None) -> int | None:
+    """The epoch (from 1) after which ``train.early_stopping`` ends a run with ``history``: the
+    ``patience``-th in a row whose ``monitor`` did not improve on the best so far by more than ``min_delta``."""
+    if rule is None:
+        return None
+    reference, waited = None, 0
+    for record in history:
+        value = scores(record, monitor)[monitor]
+        if reference is None or (value - reference if HIGHER_IS_BETTER[monitor] else reference - value) > rule.min_delta:
+            reference, waited = value, 0
+        else:
+            waited += 1
+            if waited >= rule.patience:
+                return record["epoch"]
+    return None

@@ -163,3 +163,20 @@ def _problem(path: Path, max_pixels: int | None) -> str | None:
     except Exception as e:  # noqa: BLE001 - every way a file can fail to decode is a bad image
         return f"{type(e).__name__}: {e}"
     return None
+
+
+def image_files(items: list[str | Path], what: str) -> list[Path]:
+    """The image files ``items`` name: files, and folders for every image under them (sorted); ``what`` (the
+    option or function given them) starts an error."""
+    files: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser().resolve()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{what} {item}: no such file or folder")
+    if not files:
+        raise DataError(f"{what} {' '.join(map(str, items))}: no image files found ({', '.join(IMG_EXTENSIONS)})")
+    return files

@@ -68,10 +68,14 @@ def _cached_weights(name: str):
     return weights
 
 
+def classifier(model: nn.Module) -> tuple[str, nn.Module]:
+    """The model's head and its name: its last Linear, or 1x1 Conv2d for SqueezeNet."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+
+
 def _replace_head(model: nn.Module, num_classes: int) -> None:
-    """Swap the last classification layer (Linear, or 1x1 Conv2d for SqueezeNet) for one with num_classes outputs."""
-    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    name, old = heads[-1]
+    """Swap the classifier for one with num_classes outputs."""
+    name, old = classifier(model)
     if isinstance(old, nn.Linear):
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     else:

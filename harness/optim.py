@@ -14,18 +14,36 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from harness.config import LossConfig, OptimConfig, SchedulerConfig
 from harness.errors import ConfigError
+from harness.models import classifier
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimizer over ``param_groups``; each group's ``lr`` and ``weight_decay`` are its own."""
+    groups = param_groups(cfg, model)
     if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
-        )
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
     if cfg.nesterov:
         raise ConfigError(f"optim.nesterov: only applies to sgd, not {cfg.name}")
     optimizer = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return optimizer(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return optimizer(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def param_groups(cfg: OptimConfig, model: nn.Module) -> list[dict]:
+    """The trainable parameters in up to four groups, the backbone's first: backbone or head (the classifier,
+    ``harness.models.classifier``; its lr is ``optim.lr * optim.head_lr_multiplier``), each with weight
+    decay or without it (as timm does: a parameter of one dimension, a bias or a normalisation weight, is not
+    decayed unless ``optim.decay_norm_and_bias``). Each group says its ``role``: the schedule freezes the
+    backbone by it."""
+    head = {id(p) for p in classifier(model)[1].parameters()}
+    groups: dict[tuple[str, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            role = "head" if id(p) in head else "backbone"
+            groups.setdefault((role, cfg.decay_norm_and_bias or p.ndim > 1), []).append(p)
+    return [{"params": params, "role": role, "weight_decay": cfg.weight_decay if decayed else 0.0,
+             "lr": cfg.lr * (cfg.head_lr_multiplier if role == "head" else 1.0)}
+            for (role, decayed), params in sorted(groups.items(), key=lambda item: (item[0][0] == "head", not item[0][1]))]
 
 
 def updates_per_epoch(batches: int, grad_accum_steps: int) -> int:
@@ -34,9 +52,14 @@ def updates_per_epoch(batches: int, grad_accum_steps: int) -> int:
 
 
 def build_scheduler(
-    cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int, updates_per_epoch: int
+    cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int, updates_per_epoch: int, freeze_epochs: int = 0
 ) -> LRScheduler:
+    """The learning rate per update; the backbone's groups at 0 for the first ``freeze_epochs``
+    (``model.freeze_backbone_epochs``: their weights do not move, the head trains)."""
     total = max(1, epochs * updates_per_epoch)
+    if cfg.name == "onecycle" and freeze_epochs:
+        raise ConfigError("model.freeze_backbone_epochs: not with scheduler.name: onecycle (its own warmup would "
+                          "start again); use cosine or step")
     if cfg.name == "onecycle":
         has_momentum = any("momentum" in g and g["momentum"] > 0 or "betas" in g for g in optimizer.param_groups)
         max_lr = [g["lr"] for g in optimizer.param_groups]
@@ -45,8 +68,8 @@ def build_scheduler(
         )
     warmup = round(cfg.warmup_epochs * updates_per_epoch)
     step_size = max(1, round(cfg.step_size * updates_per_epoch))
-    base_lr = optimizer.param_groups[0]["lr"]
-    floor = min(1.0, cfg.min_lr / base_lr)
+    floor = min(1.0, cfg.min_lr / optimizer.defaults["lr"])
+    frozen = freeze_epochs * updates_per_epoch
 
     def factor(update: int) -> float:
         if update < warmup:
@@ -58,13 +81,19 @@ def build_scheduler(
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
 
-    return LambdaLR(optimizer, factor)
+    def backbone_factor(update: int) -> float:
+        return 0.0 if update < frozen else factor(update)
+
+    return LambdaLR(optimizer, [backbone_factor if g.get("role") == "backbone" else factor
+                                for g in optimizer.param_groups])
 
 
-def lr_per_update(optim: OptimConfig, schedule: SchedulerConfig, epochs: int, updates_per_epoch: int) -> list[float]:
-    """The learning rate of every optimizer update of a run, replayed on a stand-in optimizer (for the curves)."""
-    optimizer = build_optimizer(optim, nn.Linear(1, 1))
-    scheduler = build_scheduler(schedule, optimizer, epochs, updates_per_epoch)
+def lr_per_update(optim: OptimConfig, schedule: SchedulerConfig, epochs: int, updates_per_epoch: int,
+                  freeze_epochs: int = 0) -> list[float]:
+    """The learning rate of every optimizer update of a run (the backbone's, as the history records it), replayed
+    on a stand-in optimizer (for the curves)."""
+    optimizer = build_optimizer(optim, nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 1)))
+    scheduler = build_scheduler(schedule, optimizer, epochs, updates_per_epoch, freeze_epochs)
     optimizer.step()  # changes nothing (no gradients); torch expects it before the scheduler's first step
     rates = []
     for update in range(max(1, epochs * updates_per_epoch)):

@@ -10,8 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.checkpoint import latest_checkpoint, read_marker, read_pointer, verify
+from harness.checkpoint import STATE, latest_checkpoint, read_marker, read_pointer, verify
 from harness.config import Config, load_config
+from harness.epoch import stopped_early_at
 from harness.errors import CheckpointError
 from harness.rundir import RunDir
 from harness.run_name import checked_run_name, run_name_for
@@ -25,16 +26,28 @@ class RunPlan:
     run: RunDir
     resume_from: Path | None  # the checkpoint to continue from; None: start from the beginning
 
-    def finished(self) -> bool:
-        """The run completed (final evaluation included) and the checkpoint to resume is at its last epoch."""
+    def finished(self) -> str | None:
+        """How the run completed (final evaluation included) and what would continue it, if the checkpoint to
+        resume is its end: at its last epoch, or where ``train.early_stopping`` (as this config has it) ends it;
+        None otherwise."""
         if self.resume_from is None:
-            return False
+            return None
         try:
             status = json.loads(self.run.summary_json.read_text()).get("status")
             epoch = read_marker(self.resume_from)["epoch"]
-        except (OSError, ValueError, KeyError):
-            return False
-        return status == "completed" and epoch >= self.cfg.train.epochs
+            history = json.loads((self.resume_from / STATE).read_text()).get("history", [])
+        except (OSError, ValueError, KeyError, AttributeError):
+            return None
+        if status != "completed":
+            return None
+        again = f"--resume {self.run.root}"
+        if epoch >= self.cfg.train.epochs:
+            return (f"completed its {self.cfg.train.epochs} epochs: nothing to do ({again} train.epochs=N trains "
+                    "longer, --force starts over)")
+        if epoch and stopped_early_at(history, self.cfg.checkpoint.monitor, self.cfg.train.early_stopping) == epoch:
+            return (f"stopped early after epoch {epoch} (train.early_stopping): nothing to do ({again} "
+                    "train.early_stopping.patience=N trains on if it allows more, --force starts over)")
+        return None
 
 
 def resolve_run(args: argparse.Namespace) -> RunPlan:

@@ -9,24 +9,22 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 
 from harness.accel import build_accelerator, leave_together, setup_logging
+from harness.api import trained_model
 from harness.atomic import write_atomic
 from harness.builtin import data_root
 from harness.compare import format_table
-from harness.config import Config, ModelConfig, load_config
+from harness.config import Config, load_config
 from harness.data import eval_loader, image_cache
 from harness.errors import CheckpointError, DataError
 from harness.evaluation import ModelInputs, evaluate
-from harness.images import IMG_EXTENSIONS, bad_images
+from harness.images import bad_images, image_files
 from harness.metrics import Predictions
-from harness.models import build_model
 from harness.reporting import write_split_outputs
 from harness.rundir import RunDir
 from harness.run_name import name_value
 from harness.splits import DataSplits, Samples
-from harness.weights import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +34,7 @@ def predict(args: argparse.Namespace) -> int:
     if not run.config.is_file():
         raise CheckpointError(f"--run {run.root}: not a run directory (no config.yaml)")
     cfg = load_config(run.config)
-    model, meta = _trained_model(run.weights_file(args.checkpoint))
+    model, meta = trained_model(run.weights_file(args.checkpoint))
     # Default: the precision the run trained in (from its run config or its launch config).
     trained = cfg.train.mixed_precision or meta.get("mixed_precision") or "no"
     accelerator = build_accelerator(args.mixed_precision or trained)
@@ -84,21 +82,10 @@ def prediction_table(preds: Predictions, classes: list[str], paths: list[str], r
     return format_table(table) + more + "\n"
 
 
-def _trained_model(weights: Path) -> tuple[torch.nn.Module, dict]:
-    """The model a weights file was exported from, with those weights, and the file's metadata."""
-    state_dict, meta = load_weights(weights)
-    model = build_model(ModelConfig(name=meta["model"], kwargs=meta.get("model_kwargs", {})), len(meta["classes"]))
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{weights}: does not fit {meta['model']} "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model, meta
-
-
 def _samples(args: argparse.Namespace, run: RunDir, cfg: Config) -> tuple[Samples, Path, str]:
     """What to predict: the given images (unlabeled) or one of the run's own splits; their root and name."""
     if args.images:
-        files = [str(path) for path in _image_files(args.images)]
+        files = [str(path) for path in image_files(args.images, "--images")]
         problems = bad_images(Path("/"), files, cfg.data.max_image_pixels)
         if problems:  # all named at once, before anything is predicted
             raise DataError(f"--images: {len(problems)} image(s) cannot be used: "
@@ -129,18 +116,3 @@ def _write_outputs(preds: Predictions, classes: list[str], paths: list[str], out
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(prediction_table(preds, classes, paths, show), end="")
     logger.info(f"{len(preds)} predictions written to {out / 'predictions.csv'}")
-
-
-def _image_files(items: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in items:
-        path = Path(item).expanduser().resolve()
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(f"--images {item}: no such file or folder")
-    if not files:
-        raise DataError(f"--images {' '.join(items)}: no image files found ({', '.join(IMG_EXTENSIONS)})")
-    return files

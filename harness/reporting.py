@@ -17,6 +17,7 @@ from harness.rundir import RunDir
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
                    "train_images_per_second", "val_images_per_second", "data_wait"]
+AVERAGE_COLUMNS = ["ema_val_loss", "ema_val_acc"]  # with train.ema: the weight average's validation
 
 
 class Reporter:
@@ -37,7 +38,8 @@ class Reporter:
         if not self.enabled:
             return
         with atomic_path(self.run.history_csv) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+            averaged = any("ema_val_acc" in record for record in history)
+            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS + AVERAGE_COLUMNS * averaged, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(history)
 

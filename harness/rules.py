@@ -33,6 +33,7 @@ POSITIVE = Rule(lambda value: value > 0, "be positive")
 FRACTION = Rule(lambda value: 0.0 <= value < 1.0, "be in [0, 1)")
 OPEN_FRACTION = Rule(lambda value: 0.0 < value < 1.0, "be in (0, 1)")
 SHARE = Rule(lambda value: 0.0 < value <= 1.0, "be in (0, 1]")
+PROBABILITY = Rule(lambda value: 0.0 <= value <= 1.0, "be in [0, 1]")
 
 
 class InvalidValue(Exception):

@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from accelerate.utils import DistributedType
-
-from harness.accel import build_accelerator, leave_together, setup_logging
+from harness.accel import build_accelerator, leave_together, setup_logging, zero_stage
 from harness.build import Run, build_run
 from harness.errors import describe
 from harness.lock import RunLock
@@ -31,14 +29,14 @@ def train(args: argparse.Namespace) -> int:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.clip_grad_norm,
                                     cfg.train.batch_size)
     setup_logging(accelerator)
-    cfg.train.check_engine(deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
+    cfg.train.check_engine(zero_stage(accelerator))
     lock = RunLock(first.run)
     lock.acquire(accelerator)
     try:
         plan = resolve_run(args)  # decided again under the lock: another training may have changed the run
-        if plan.finished():
-            logger.info(f"{plan.run.root} already completed its {cfg.train.epochs} epochs: nothing to do "
-                        f"(--resume {plan.run.root} train.epochs=N trains longer, --force starts over)")
+        finished = plan.finished()
+        if finished:
+            logger.info(f"{plan.run.root} already {finished}")
             return 0
         try:
             run = build_run(plan, accelerator)

@@ -19,6 +19,7 @@ class TrainState:
     history: List[Dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
     epoch_sums: List[float] = field(default_factory=list)  # all processes' [loss*n, correct, n] of the epoch so far
     skipped_steps: int = 0  # updates skipped for a non-finite loss (train.skip_nonfinite_steps)
+    stopped_early_at: Optional[int] = None  # the epoch after which train.early_stopping ended the run
     num_processes: int = 0  # how many processes trained up to this state (batch_in_epoch is per process)
     train_seconds: float = 0.0  # time spent training, over all sessions of the run
     config: Dict[str, Any] = field(default_factory=dict)  # the resolved config this state was trained with

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from harness.atomic import write_atomic
+from harness.epoch import chosen_weights
 from harness.rundir import RunDir
 from harness.state import TrainState
 
@@ -47,7 +48,7 @@ class RunSummary:
             logger.warning(f"could not update {self.run.summary_json}: {error}")
 
     def progress(self) -> dict[str, Any]:
-        state = self.state
+        state, best = self.state, self.state.best_record()
         return {
             "epoch": state.epoch,
             "epochs": self.epochs,
@@ -55,6 +56,8 @@ class RunSummary:
             f"best_{self.monitor}": state.best_metric,
             "best_epoch": state.best_epoch,
             "best_checkpoint": state.best_checkpoint,
+            "best_weights": chosen_weights(best, self.monitor) if best else None,
+            "stopped_early_at": state.stopped_early_at,
             "skipped_steps": state.skipped_steps,
             "train_seconds": round(state.train_seconds, 3),
             "session_seconds": round(time.perf_counter() - self.session_started, 3),

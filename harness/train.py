@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="start over in an existing run directory, deleting it")
     parser.add_argument("--stop-after-epochs", type=int, metavar="N",
                         help="train at most N more epochs in this session, then checkpoint and exit 0 (resumable)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the options
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         parser.error("--stop-after-epochs: must be at least 1")
     return args

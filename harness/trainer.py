@@ -17,19 +17,17 @@ from tqdm.auto import tqdm
 
 from harness.build import Run
 from harness.checkpoint import checkpoint_name, latest_name, save_checkpoint
-from harness.workers import release_workers
-from harness.epoch import DataWait, EpochMeter, TrainedEpoch, epoch_record
+from harness.epoch import DataWait, EpochMeter, TrainedEpoch, beats, epoch_record, scores, stopped_early_at
 from harness.errors import TrainingDiverged
 from harness.evaluation import ModelInputs, evaluate
+from harness.final import test, weights_meta, weights_of
 from harness.metrics import Predictions
+from harness.mixing import BatchMixer
 from harness.poll import Poll, Poller
 from harness.probes import LoopProbes
-from harness.optim import lr_per_update, updates_per_epoch
-from harness.plots import curves_figure, save_png
-from harness.reporting import write_split_outputs
-from harness.restore import restore_best
 from harness.signals import StopRequest, TrainingInterrupted
 from harness.weights import copy_weights, export_weights
+from harness.workers import release_workers
 
 logger = logging.getLogger(__name__)
 
@@ -47,28 +45,58 @@ class Trainer:
         self.stop = StopRequest()
         self.poller = Poller(run.accelerator, run.cfg, self.stop)
         self.probes = LoopProbes(run.accelerator.process_index)
+        self.mixer = (BatchMixer(run.cfg.data.mixup, len(run.splits.classes), run.cfg.train.seed,
+                                 run.accelerator.process_index) if run.cfg.data.mixup else None)
         self.where: dict[int, tuple[int, int]] = {}  # update -> (epoch, batch), since the last poll that checked
-        self.last_val: tuple[int, Predictions] | None = None  # (epoch, predictions) of this session's last validation
+        self.last_val: tuple[int, dict[str, Predictions]] | None = None  # this session's last validation
 
     def fit(self, stop_after_epochs: int | None = None) -> None:
         """Train to ``train.epochs``, or only ``stop_after_epochs`` more."""
         epochs = self.run.cfg.train.epochs
         end = epochs if stop_after_epochs is None else min(epochs, self.run.state.epoch + stop_after_epochs)
+        self._decide_early_stop()
         self.stop.install()
         try:
             for epoch in range(self.run.state.epoch, end):
+                if self.run.state.stopped_early_at is not None:
+                    break
                 trained = self._train_epoch(epoch)
-                started = time.perf_counter()
-                val = evaluate(self.run.accelerator, self.run.model, self.run.eval_loaders["val"], self.inputs)
+                val, val_seconds = self._validate()
                 self.last_val = (epoch + 1, val)
-                self._end_epoch(epoch, trained, val, time.perf_counter() - started)
+                self._end_epoch(epoch, trained, val, val_seconds)
                 if self.stop.signum is not None:  # arrived during validation or the save: already checkpointed
                     raise self.stop.interrupted()
         finally:
             self.stop.uninstall()
             release_workers(self.run.train_loader)
-        if end < epochs:
+        if self.run.state.stopped_early_at is not None:
+            self._say_stopped_early()
+        elif end < epochs:
             raise TrainingInterrupted(f"stopped after {stop_after_epochs} epoch(s) (--stop-after-epochs)", 0)
+
+    def _validate(self) -> tuple[dict[str, Predictions], float]:
+        """Predictions on the validation split by the weights (``raw``) and their average (``ema``, with
+        ``train.ema``), and the seconds the weights' own took."""
+        run, started = self.run, time.perf_counter()
+        val = {"raw": evaluate(run.accelerator, run.model, run.eval_loaders["val"], self.inputs)}
+        seconds = time.perf_counter() - started
+        if run.averaging is not None:
+            with run.averaging.swapped_in(run.model):
+                val["ema"] = evaluate(run.accelerator, run.model, run.eval_loaders["val"], self.inputs)
+        return val, seconds
+
+    def _decide_early_stop(self) -> None:
+        """``state.stopped_early_at``: the epoch after which ``train.early_stopping`` ends the run, from its
+        history and the session's config (a resume with a longer patience trains on); None if it does not."""
+        run, state = self.run, self.run.state
+        at = stopped_early_at(state.history, run.cfg.checkpoint.monitor, run.cfg.train.early_stopping)
+        state.stopped_early_at = at if at is not None and at < run.cfg.train.epochs else None
+
+    def _say_stopped_early(self) -> None:
+        run, state, rule = self.run, self.run.state, self.run.cfg.train.early_stopping
+        logger.info(f"early stopping after epoch {state.stopped_early_at} of {run.cfg.train.epochs}: "
+                    f"{run.cfg.checkpoint.monitor} has not improved by more than {rule.min_delta:g} in the last "
+                    f"{rule.patience} epoch(s)")
 
     # ------------------------------------------------------------------------------------------------
     # One training pass
@@ -87,7 +115,7 @@ class Trainer:
         for batch_index, (images, labels, indices) in enumerate(wait.batches(loader), start=skip):
             self.probes.trace(epoch, batch_index, indices)
             with accelerator.accumulate(run.model):
-                loss, logits = self._forward_backward(images, labels)
+                loss, logits = self._forward_backward(images, labels, epoch, batch_index)
                 finite = torch.isfinite(loss)
                 nonfinite |= ~finite
                 poll = (self._update(nonfinite, epoch, batch_index, last=batch_index + 1 == batches)
@@ -121,12 +149,15 @@ class Trainer:
         logger.info(f"resuming epoch {epoch + 1} at batch {skip + 1}/{len(loader)}")
         return self.run.accelerator.skip_first_batches(loader, skip), skip
 
-    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's loss (detached) and logits, after its backward pass."""
-        run = self.run
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, batch_index: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss (detached) and logits, after its backward pass; mixed first with ``data.mixup``."""
+        run, inputs, targets = self.run, self.inputs(images), labels
+        if self.mixer is not None:
+            inputs, targets = self.mixer(inputs, labels, epoch, batch_index)
         with run.accelerator.autocast():
-            logits = run.model(self.inputs(images))
-            loss = run.criterion(logits.float(), labels)
+            logits = run.model(inputs)
+            loss = run.criterion(logits.float(), targets)
         loss = self.probes.fault(loss, run.state.global_step + 1)
         run.accelerator.backward(loss)
         return loss.detach(), logits
@@ -145,6 +176,8 @@ class Trainer:
             self._skip_nonfinite(poll.bad_step)
         if poll.bad_step != step:
             run.optimizer.step()
+            if run.averaging is not None:
+                run.averaging.update(run.model)
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         if poll.bad_step is not None or poll.stop or poll.save_due or last:
@@ -201,10 +234,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------
     # The end of an epoch, and the end of the run
 
-    def _end_epoch(self, epoch: int, trained: TrainedEpoch, val: Predictions, val_seconds: float) -> None:
+    def _end_epoch(self, epoch: int, trained: TrainedEpoch, val: dict[str, Predictions], val_seconds: float) -> None:
         run, state, monitor = self.run, self.run.state, self.run.cfg.checkpoint.monitor
-        record, improved = epoch_record(epoch, trained, val, val_seconds, run.scheduler.get_last_lr()[0], monitor,
-                                        state.best_record())
+        record = epoch_record(epoch, trained, val["raw"], val_seconds, run.scheduler.get_last_lr()[0], val.get("ema"))
+        improved = beats(record, state.best_record(), monitor)
         if not math.isfinite(record["val_loss"]):
             raise TrainingDiverged(f"non-finite validation loss after epoch {epoch + 1}; nothing of it was saved, the "
                                    f"last checkpoint ({self._latest_name()}) is intact: lower optim.lr or set "
@@ -212,10 +245,12 @@ class Trainer:
         state.history.append(record)
         state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, []
         if improved:
-            state.best_metric, state.best_epoch = record[monitor], epoch + 1
+            state.best_metric, state.best_epoch = scores(record, monitor)[monitor], epoch + 1
             state.best_checkpoint = checkpoint_name(state.global_step)
+        self._decide_early_stop()  # before the save: the checkpoint records it
         self._save()
-        export_weights(run.accelerator, run.model, run.rundir, "last", self._weights_meta(record))
+        with weights_of(run, record):
+            export_weights(run.accelerator, run.model, run.rundir, "last", weights_meta(run, record))
         if improved and run.accelerator.is_main_process:
             copy_weights(run.rundir, "last", "best")
         self._report_epoch(record, improved)
@@ -234,50 +269,6 @@ class Trainer:
             f"{record['val_images_per_second']:.0f}, data wait {record['data_wait']:.0%}){'  *best*' if improved else ''}"
         )
 
-    def _weights_meta(self, record: dict) -> dict:
-        return {**self.run.weights_meta, "epoch": record["epoch"], "val_acc": record["val_acc"],
-                "val_loss": record["val_loss"]}
-
     def test(self) -> dict[str, float]:
-        """Load the best checkpoint; evaluate each split; write reports, predictions, curves and figures."""
-        run, state = self.run, self.run.state
-        restore_best(run.accelerator, run.rundir, state)
-        # Written again from the loaded model, so it matches the best checkpoint whatever stopped in between.
-        export_weights(run.accelerator, run.model, run.rundir, "best",
-                       self._weights_meta(state.history[state.best_epoch - 1]))
-        logger.info(f"evaluating the best weights (epoch {state.best_epoch}, {state.best_checkpoint})")
-        results = {}
-        for split, loader in run.eval_loaders.items():
-            preds = self._best_predictions(split, loader)
-            results[f"{split}_acc"], results[f"{split}_loss"] = preds.accuracy(), preds.loss()
-            logger.info(f"{split}: accuracy {preds.accuracy():.4f} loss {preds.loss():.4f} ({len(preds)} images)")
-            if run.accelerator.is_main_process:
-                self._write_split(split, preds)
-        if run.accelerator.is_main_process:
-            updates = updates_per_epoch(len(run.train_loader), run.cfg.train.grad_accum_steps)
-            rates = lr_per_update(run.cfg.optim, run.cfg.scheduler, run.cfg.train.epochs, updates)
-            save_png(curves_figure(state.history, rates, updates, state.best_epoch),
-                     run.rundir.reports / "curves.png")
-        return results
-
-    def _best_predictions(self, split: str, loader) -> Predictions:
-        """The best weights' predictions on ``split``: those of the last validation when the best weights are
-        the last ones (restore_best kept them), otherwise evaluated now."""
-        state = self.run.state
-        if split == "val" and state.best_epoch == state.epoch and self.last_val and self.last_val[0] == state.epoch:
-            preds = self.last_val[1]
-        else:
-            preds = evaluate(self.run.accelerator, self.run.model, loader, self.inputs)
-        release_workers(loader)
-        return preds
-
-    def _write_split(self, split: str, preds: Predictions) -> None:
-        run = self.run
-        pixels = write_split_outputs(
-            preds, run.splits.classes, [path for path, _ in run.splits.splits[split]],
-            report=run.rundir.reports / f"classification_report_{split}.txt",
-            matrix_png=run.rundir.reports / f"confusion_matrix_{split}.png",
-            csv_path=run.rundir.predictions / f"{split}.csv",
-            title=f"{run.rundir.name} - {split} (best, epoch {run.state.best_epoch})",
-        )
-        run.reporter.image(f"confusion_matrix/{split}", pixels, run.state.global_step)
+        """The best weights on every split, with the run's reports (``harness.final.test``)."""
+        return test(self.run, self.inputs, self.last_val)

@@ -1,7 +1,9 @@
+import dataclasses
+
 import pytest
 import yaml
 
-from harness.config import Config, load_config, parse_override
+from harness.config import Config, EarlyStoppingConfig, EmaConfig, MixupConfig, load_config, parse_override
 from harness.run_name import run_name_for
 from harness.errors import ConfigError
 
@@ -43,6 +45,10 @@ def test_name_defaults_to_file_stem(tmp_path):
         ("data: {builtin: digits}\ntrain: {batch_size: 0}\n", "train.batch_size: must be at least 1"),
         ("data: {builtin: digits}\nloss: {class_weights: heavy}\n", "loss.class_weights: must be null, 'balanced'"),
         ("data: {builtin: digits}\nscheduler: {name: onecycle, warmup_epochs: 1}\n", "set scheduler.pct_start"),
+        ("data: {builtin: digits}\ntrain: {ema: {decay: 1.5}}\n", "train.ema.decay: must be in [0, 1), got 1.5"),
+        ("data: {builtin: digits}\ntrain: {ema: {dacay: 0.9}}\n", "train.ema.dacay: unknown key (did you mean 'train.ema.decay'?)"),
+        ("data: {builtin: digits}\ntrain: {early_stopping: {patience: 0}}\n", "train.early_stopping.patience: must be at least 1"),
+        ("data: {builtin: digits}\ntrain: {early_stopping: 5}\n", "train.early_stopping: expected a mapping, got int 5"),
         ("[1, 2]\n", "the top level must be a mapping"),
         ("data: {builtin: digits\n", "not valid YAML (line"),
     ],
@@ -118,6 +124,9 @@ def test_readme_config_reference_lists_every_key_with_its_default():
     readme = (DIGITS.parents[1] / "README.md").read_text()
     block = readme.split("## Config reference", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     assert yaml.safe_load(block) == Config().to_dict()
+    for section in (EmaConfig, EarlyStoppingConfig, MixupConfig):  # off by default: keys shown commented out
+        for key, value in dataclasses.asdict(section()).items():
+            assert f"#   {key}: {value}" in block, key
 
 
 @pytest.mark.parametrize("path", sorted(DIGITS.parent.glob("*.yaml")), ids=lambda p: p.name)

@@ -230,7 +230,8 @@ def test_transforms_resize_and_augment_train_only_and_the_device_normalises_like
 def test_augmentation_is_seeded_per_sample_and_leaves_global_rng_alone(tmp_path):
     root = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=24)
     cfg = DataConfig(root=str(root), image_size=24,
-                     augmentations=["hflip", {"name": "random_crop", "padding": 4}, "color_jitter"])
+                     augmentations=["hflip", {"name": "random_crop", "padding": 4}, "color_jitter", "rand_augment",
+                                    {"name": "auto_augment", "policy": "cifar10"}])
     samples = discover_splits(DataConfig(root=str(root), val_fraction=0.25, test_fraction=0.0), root).splits["train"]
     a = ImageListDataset(root, samples, build_transform(cfg, train=True), augment_seed=7)
     b = ImageListDataset(root, samples, build_transform(cfg, train=True), augment_seed=7)
@@ -275,6 +276,9 @@ def test_a_batch_is_default_collates_in_one_shared_block(tmp_path, augmentations
 def test_unknown_augmentation_suggests(tmp_path):
     with pytest.raises(ConfigError, match=r"data.augmentations\[1\]: unknown augmentation 'hflp' \(did you mean 'hflip'\?\)"):
         build_transform(DataConfig(builtin="digits", augmentations=["vflip", "hflp"]), train=True)
+    with pytest.raises(ConfigError, match=r"data.augmentations\[0\] \(auto_augment\): 'imagenette' is not a valid"):
+        build_transform(DataConfig(builtin="digits", augmentations=[{"name": "auto_augment", "policy": "imagenette"}]),
+                        train=True)
     with pytest.raises(ConfigError, match=r"data.augmentations\[0\] \(rotation\)"):
         build_transform(DataConfig(builtin="digits", augmentations=[{"name": "rotation", "angle": 3}]), train=True)
 
@@ -325,12 +329,12 @@ def test_loader_workers_leave_stop_signals_to_the_process_that_owns_them(tmp_pat
     samples = discover_splits(DataConfig(root=str(root), val_fraction=0.25, test_fraction=0.0), root).splits["train"]
     dataset = ImageListDataset(root, samples, build_transform(DataConfig(root=str(root), image_size=16), train=False))
     batches = iter(build_loader(dataset, batch_size=2, shuffle=False, num_workers=2, seed=0))
-    first = next(batches)
+    first = [next(batches), next(batches)]  # one from each worker: both have set themselves up
     for worker in batches._workers:
         for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             os.kill(worker.pid, signum)
     time.sleep(0.5)
-    assert len([first, *batches]) == 6  # every batch still comes
+    assert len([*first, *batches]) == 6  # every batch still comes
 
 
 def test_more_workers_than_cpus_are_clamped_and_said_once(tmp_path, caplog):

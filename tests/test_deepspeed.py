@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import DIGITS, FAST, PYTHON, REPO, history_metrics, plant, run_infer, run_train, summary, weights
+from conftest import DIGITS, FAST, PYTHON, REPO, history_metrics, plant, rows, run_infer, run_train, summary, weights
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (pip install -e '.[deepspeed]')")
 
@@ -22,10 +22,11 @@ def launcher(stage: int, precision: str) -> list[str]:
             "--mixed_precision", precision, "--num_cpu_threads_per_process", "1"]
 
 
-@pytest.mark.parametrize("stage, precision", [(1, "no"), (2, "no"), (3, "bf16")])
-def test_zero_stage_trains_resumes_exactly_and_exports(env, tmp_path, stage, precision):
+# ZeRO-2 also keeps a weight average (train.ema): each process holds whole parameters there.
+@pytest.mark.parametrize("stage, precision, extra", [(1, "no", []), (2, "no", ["train.ema.decay=0.8"]), (3, "bf16", [])])
+def test_zero_stage_trains_resumes_exactly_and_exports(env, tmp_path, stage, precision, extra):
     ds = launcher(stage, precision)
-    common = ["--config", DIGITS, "--output-dir", tmp_path, *SETTINGS]
+    common = ["--config", DIGITS, "--output-dir", tmp_path, *SETTINGS, *extra]
     run_train([*common, "--run-name", "straight"], env, launcher=ds)
     run_train([*common, "--run-name", "resumed", "--stop-after-epochs", "1"], env, launcher=ds)
     result = run_train([*common, "--run-name", "resumed"], env, launcher=ds)  # the same command continues it
@@ -36,6 +37,9 @@ def test_zero_stage_trains_resumes_exactly_and_exports(env, tmp_path, stage, pre
     assert s["status"] == "completed" and s["global_step"] == 20
     # After the resume, every loss and accuracy is the one the uninterrupted run had.
     assert history_metrics(resumed) == history_metrics(straight)
+    averaged = [(r.get("ema_val_loss"), r.get("ema_val_acc")) for r in rows(straight / "history.csv")]
+    assert averaged == [(r.get("ema_val_loss"), r.get("ema_val_acc")) for r in rows(resumed / "history.csv")]
+    assert all(None not in pair for pair in averaged) == bool(extra)
     assert [h["lr"] for h in history_metrics(straight)][-1] == "0.0"  # the engine stepped the harness's schedule
     # Consolidated fp32 weights that plain PyTorch loads; inference (one process, no DeepSpeed) agrees exactly.
     tensors = weights(resumed / "weights" / "best.safetensors")
@@ -54,6 +58,12 @@ def test_zero_stage_trains_resumes_exactly_and_exports(env, tmp_path, stage, pre
             assert f"error: {newest}: cannot load it (UnpicklingError: Weights only load failed" in refused.stderr
             shutil.rmtree(newest)
             shutil.copytree(tmp_path / "original", newest)
+
+
+def test_zero3_refuses_a_weight_average(env, tmp_path):
+    result = run_train(["--config", DIGITS, "--output-dir", tmp_path, *SETTINGS, "train.ema.decay=0.9"], env,
+                       launcher=launcher(3, "no"), check=False)
+    assert result.returncode != 0 and "train.ema: not possible under DeepSpeed ZeRO-3" in result.stderr
 
 
 def test_deepspeed_refuses_skipping_nonfinite_steps(env, tmp_path):

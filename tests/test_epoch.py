@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness.epoch import DataWait, EpochMeter, TrainedEpoch, epoch_record
+from harness.config import EarlyStoppingConfig
+from harness.epoch import (DataWait, EpochMeter, TrainedEpoch, beats, chosen_weights, epoch_record, scores,
+                           stopped_early_at)
 from harness.metrics import Predictions
-from harness.reporting import HISTORY_COLUMNS
+from harness.reporting import AVERAGE_COLUMNS, HISTORY_COLUMNS
 
 
 def one_process(main: bool = True, others: list[torch.Tensor] = ()):
@@ -59,12 +61,16 @@ TRAINED = TrainedEpoch(loss=0.9, accuracy=0.6, images=100, seconds=4.0, data_wai
 
 
 def test_the_record_holds_every_history_column():
-    record, improved = epoch_record(2, TRAINED, predictions([0.5, 1.5], [True, False]), 0.5, 0.01, "val_acc", None)
+    record = epoch_record(2, TRAINED, predictions([0.5, 1.5], [True, False]), 0.5, 0.01)
     assert record == {"epoch": 3, "train_loss": 0.9, "train_acc": 0.6, "val_loss": 1.0, "val_acc": 0.5,
                       "lr": 0.01, "epoch_seconds": 4.0, "train_images_per_second": 25.0,
                       "val_images_per_second": 4.0, "data_wait": 0.25}
     assert list(record) == HISTORY_COLUMNS
-    assert improved  # the first epoch is the best so far
+    assert beats(record, None, "val_acc")  # the first epoch is the best so far
+    averaged = epoch_record(2, TRAINED, predictions([0.5, 1.5], [True, False]), 0.5, 0.01,
+                            averaged=predictions([0.25, 0.25], [True, True]))
+    assert list(averaged) == HISTORY_COLUMNS + AVERAGE_COLUMNS
+    assert (averaged["ema_val_loss"], averaged["ema_val_acc"]) == (0.25, 1.0)
 
 
 def test_data_wait_counts_the_time_spent_waiting_for_each_batch_and_nothing_else():
@@ -94,7 +100,41 @@ BEST = {"val_acc": 0.5, "val_loss": 0.5}  # the best epoch's row so far
     ("val_loss", ([0.9, 0.9], [True, True]), False),  # higher loss
 ])
 def test_improvement_follows_the_monitored_metric_and_breaks_ties_by_the_other(monitor, val, improved):
-    assert epoch_record(0, TRAINED, predictions(*val), 1.0, 0.01, monitor, BEST)[1] is improved
+    assert beats(epoch_record(0, TRAINED, predictions(*val), 1.0, 0.01), BEST, monitor) is improved
+
+
+@pytest.mark.parametrize("monitor, ema, chosen", [
+    ("val_acc", (0.9, 0.5), "ema"),  # a higher accuracy
+    ("val_acc", (0.5, 0.4), "ema"),  # the same accuracy with a lower loss
+    ("val_acc", (0.5, 0.5), "raw"),  # a tie: the weights themselves
+    ("val_acc", (0.4, 0.1), "raw"),  # a lower accuracy, whatever the loss
+    ("val_loss", (0.4, 0.4), "ema"),  # a lower loss
+    ("val_loss", (0.9, 0.6), "raw"),  # a higher loss, whatever the accuracy
+])
+def test_the_weight_average_counts_for_an_epoch_when_it_validated_better(monitor, ema, chosen):
+    record = {"epoch": 3, "val_acc": 0.5, "val_loss": 0.5, "ema_val_acc": ema[0], "ema_val_loss": ema[1]}
+    assert chosen_weights(record, monitor) == chosen
+    assert scores(record, monitor) == ({"val_acc": ema[0], "val_loss": ema[1]} if chosen == "ema" else BEST)
+    # and "best" compares epochs by their chosen weights
+    assert beats(record, {"epoch": 1, **BEST}, monitor) is (chosen == "ema")
+
+
+def test_early_stopping_counts_epochs_without_an_improvement_beyond_min_delta():
+    def history(values, key="val_acc", other=0.0):
+        return [{"epoch": i + 1, key: v, ("val_loss" if key == "val_acc" else "val_acc"): other}
+                for i, v in enumerate(values)]
+
+    patient = EarlyStoppingConfig(patience=2, min_delta=0.0)
+    assert stopped_early_at(history([0.5, 0.6, 0.6, 0.55, 0.7]), "val_acc", patient) == 4
+    assert stopped_early_at(history([0.5, 0.6, 0.6, 0.7, 0.7]), "val_acc", patient) is None  # reset by 0.7
+    assert stopped_early_at(history([0.5, 0.6, 0.6, 0.7, 0.7]), "val_acc", None) is None  # off
+    # improvements of at most min_delta do not count, measured from the last that did
+    strict = EarlyStoppingConfig(patience=2, min_delta=0.05)
+    assert stopped_early_at(history([0.5, 0.54, 0.53, 0.7]), "val_acc", strict) == 3
+    assert stopped_early_at(history([0.5, 0.54, 0.58, 0.6]), "val_acc", strict) is None  # 0.58: +0.08 on 0.5
+    # val_loss improves downwards
+    assert stopped_early_at(history([1.0, 0.8, 0.9, 0.85], "val_loss"), "val_loss", patient) == 4
+    assert stopped_early_at(history([1.0, 0.8, 0.9, 0.7], "val_loss"), "val_loss", patient) is None
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

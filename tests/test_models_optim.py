@@ -96,6 +96,41 @@ def test_optimizers():
         build_optimizer(OptimConfig(name="adam", nesterov=True), torch.nn.Linear(2, 2))
 
 
+def groups(optimizer) -> list[tuple]:
+    return [(g["role"], len(g["params"]), g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
+
+
+def test_no_weight_decay_on_biases_and_norms_and_the_head_learns_at_its_own_rate():
+    model = build_model(ModelConfig(name="compact_cnn", kwargs={"width": 4}), 3)  # 5 convs + BN, one Linear
+    cfg = OptimConfig(name="adamw", lr=0.1, weight_decay=0.05, head_lr_multiplier=10.0)
+    assert groups(build_optimizer(cfg, model)) == [
+        ("backbone", 5, 0.1, 0.05),  # conv weights
+        ("backbone", 10, 0.1, 0.0),  # BatchNorm weights and biases
+        ("head", 1, 1.0, 0.05),  # the Linear's weight
+        ("head", 1, 1.0, 0.0),  # its bias
+    ]
+    everything = OptimConfig(name="sgd", lr=0.1, weight_decay=0.05, decay_norm_and_bias=True)
+    assert groups(build_optimizer(everything, model)) == [("backbone", 15, 0.1, 0.05), ("head", 2, 0.1, 0.05)]
+    frozen = torch.nn.Linear(2, 2)
+    frozen.bias.requires_grad_(False)
+    assert groups(build_optimizer(cfg, frozen)) == [("head", 1, 1.0, 0.05)]  # only what trains
+
+
+def test_a_frozen_backbone_has_no_learning_rate_for_its_epochs_then_the_schedule():
+    optimizer = build_optimizer(OptimConfig(lr=0.1, head_lr_multiplier=2.0), build_model(
+        ModelConfig(name="compact_cnn", kwargs={"width": 4}), 3))
+    scheduler = build_scheduler(SchedulerConfig(name="step", step_size=2, gamma=0.5), optimizer, 4, 3, freeze_epochs=1)
+    rates = []
+    for _ in range(12):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert [r[0] for r in rates] == [0.0] * 3 + [0.1] * 3 + [0.05] * 6  # the backbone, frozen for 1 epoch of 3
+    assert [r[-1] for r in rates] == [0.2] * 6 + [0.1] * 6  # the head: the schedule throughout
+    with pytest.raises(ConfigError, match="model.freeze_backbone_epochs: not with scheduler.name: onecycle"):
+        build_scheduler(SchedulerConfig(name="onecycle"), optimizer, 4, 3, freeze_epochs=1)
+
+
 def test_loss_label_smoothing_and_class_weights():
     balanced = build_criterion(LossConfig(class_weights="balanced", label_smoothing=0.1), [30, 10])
     assert balanced.weight.tolist() == pytest.approx([40 / 60, 40 / 20])

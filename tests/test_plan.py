@@ -41,6 +41,12 @@ def test_a_new_run_starts_from_the_beginning_with_absolute_data_paths(tmp_path, 
     assert not new.finished()
 
 
+def test_overrides_may_come_before_or_after_the_options(tmp_path):
+    before = parse_args(["optim.lr=0.5", "--config", str(DIGITS), "--stop-after-epochs", "1", "train.epochs=3"])
+    after = parse_args(["--config", str(DIGITS), "--stop-after-epochs", "1", "optim.lr=0.5", "train.epochs=3"])
+    assert before == after and before.overrides == ["optim.lr=0.5", "train.epochs=3"]
+
+
 def test_run_name_placeholder_stands_for_the_default_name(tmp_path):
     named = plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "{name}-j42", "optim.lr=0.5")
     assert named.run.root == tmp_path / "digits_lr0.5-j42"

@@ -6,8 +6,10 @@ import re
 import statistics
 import time
 
+import numpy as np
 import psutil
 import pytest
+import torch
 import yaml
 from PIL import Image
 from safetensors import safe_open
@@ -177,6 +179,41 @@ def test_infer_on_unlabeled_images(quickstart, env, tmp_path):
     assert refused.returncode == 2 and refused.stderr.strip().startswith(
         f"error: --images: 2 image(s) cannot be used: {images / 'broken.png'} (UnidentifiedImageError")
     assert f"; {images / 'notes.jpg'} (UnidentifiedImageError" in refused.stderr and not (tmp_path / "again").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_predicts_what_infer_does(quickstart, env, tmp_path, monkeypatch, capsys):
+    """The README's snippet, run as written from a folder holding runs/digits and images/."""
+    run, _, _ = quickstart
+    root = builtin_root("digits", env["HARNESS_CACHE_DIR"])
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "digits").symlink_to(run)
+    (tmp_path / "images").mkdir()
+    for i, row in enumerate(rows(run / "splits" / "test.csv")[:40]):
+        Image.open(root / row["path"]).save(tmp_path / "images" / f"{i:02d}.png")
+    run_infer(["--run", run, "--images", tmp_path / "images", "--out", tmp_path / "inferred", "--show", "0"], env)
+    inferred = rows(tmp_path / "inferred" / "predictions.csv")
+
+    snippet = (REPO / "README.md").read_text().split("### From Python", 1)[1].split("```python\n", 1)[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(inferred) == 40
+    for line, expected in zip(printed, inferred):
+        path, label, confidence = re.fullmatch(r"(.+): (\S+) \((\d\.\d\d)\)", line).groups()
+        assert (path, label) == (expected["path"], expected["prediction"])
+        assert float(confidence) == pytest.approx(float(expected["confidence"]), abs=0.005001)
+
+    from harness import load_run
+
+    model = load_run(run)
+    result = model.predict([tmp_path / "images" / "00.png", Image.open(tmp_path / "images" / "01.png"),
+                            torch.from_numpy(np.array(Image.open(tmp_path / "images" / "02.png").convert("RGB")))
+                            .permute(2, 0, 1).contiguous()])
+    assert result.paths == [str(tmp_path / "images" / "00.png"), None, None]
+    assert result.labels == [p["prediction"] for p in inferred[:3]]
+    assert result.probabilities.shape == (3, 10) and np.allclose(result.probabilities.sum(axis=1), 1.0)
+    assert np.allclose(result.probabilities.max(axis=1), [float(p["confidence"]) for p in inferred[:3]], atol=1e-6)
 
 
 @pytest.mark.slow

@@ -1,0 +1,79 @@
+"""``train.ema``: an exponential moving average of the model's weights, kept beside them.
+
+After each optimizer update, every floating-point tensor of the model's state (parameters and BatchNorm
+statistics) is folded into its average, ``average += (1 - decay_t) * (weights - average)``, with ``decay_t``
+rising linearly from 0 to ``decay`` over ``warmup_steps`` updates. Parameters are the same on every process,
+so their averages are; buffers are each process's own, and the main process's count (as for the model:
+evaluation and checkpoints use them). The average is saved in every checkpoint (``save_state``'s custom
+object) and resumed bit for bit.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from harness.config import EmaConfig
+
+
+def bare(model):
+    """The module inside a DDP wrapper or a DeepSpeed engine (accelerate's unwrap_model imports DeepSpeed)."""
+    return getattr(model, "module", model)
+
+
+class WeightAverage:
+    def __init__(self, cfg: EmaConfig, model) -> None:
+        self.decay, self.warmup_steps = cfg.decay, cfg.warmup_steps
+        self.names = [name for name, tensor in self._state(model).items() if tensor.is_floating_point()]
+        # In float32 at least: a bf16 average would round most updates of a high decay away.
+        self.averages = [tensor.detach().clone().float() for tensor in self._tensors(model)]
+        self.updates = 0
+
+    @staticmethod
+    def _state(model) -> dict[str, torch.Tensor]:
+        return bare(model).state_dict(keep_vars=True)
+
+    def _tensors(self, model) -> list[torch.Tensor]:
+        state = self._state(model)
+        return [state[name].detach() for name in self.names]
+
+    def decay_now(self) -> float:
+        """The decay of the next update."""
+        if self.warmup_steps == 0:
+            return self.decay
+        return self.decay * min(1.0, self.updates / self.warmup_steps)
+
+    @torch.no_grad()
+    def update(self, model) -> None:
+        """Fold the model's weights after an optimizer update into the average."""
+        current = self._tensors(model)
+        weight = 1.0 - self.decay_now()
+        torch._foreach_lerp_(self.averages, [t.to(a.dtype) for t, a in zip(current, self.averages)], weight)
+        self.updates += 1
+
+    @contextmanager
+    def swapped_in(self, model) -> Iterator[None]:
+        """The model holds the averaged weights inside, its own again after (bit for bit)."""
+        current = self._tensors(model)
+        own = [tensor.clone() for tensor in current]
+        with torch.no_grad():
+            torch._foreach_copy_(current, self.averages)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(current, own)
+
+    # save_state / load_state (registered for checkpointing): plain tensors and numbers, weights-only loadable
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "averages": dict(zip(self.names, self.averages))}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state["averages"]
+        if sorted(saved) != sorted(self.names):
+            raise ValueError("the checkpoint's weight average (train.ema) is of another model")
+        for name, average in zip(self.names, self.averages):
+            average.copy_(saved[name])
+        self.updates = int(state["updates"])

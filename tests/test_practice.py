@@ -1,0 +1,181 @@
+"""What practitioners expect of a trainer, through the entry points: the weight average (``train.ema``) and
+early stopping (``train.early_stopping``)."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import (DDP, DIGITS, FAST, assert_same_weights, history_metrics, pointer, rows, run_train, summary,
+                      weights)
+from accelerate.utils import set_seed
+
+from harness.averaging import WeightAverage
+from harness.config import EmaConfig, MixupConfig, load_config
+from harness.mixing import BatchMixer
+from harness.models import build_model, classifier
+from harness.restore import weights_only
+
+# The weight average with batches mixed (mixup or CutMix, half each) and RandAugment: every source of
+# randomness the recipes add. After one epoch the average (of about the last ten updates) validates with a
+# lower loss than the weights.
+EMA = [*FAST, "train.epochs=3", "train.ema.decay=0.9", "train.ema.warmup_steps=5", "checkpoint.monitor=val_loss",
+       "data.mixup.alpha=0.2", "data.augmentations=[{name: random_crop, padding: 2}, rand_augment]"]
+
+
+def average(checkpoint) -> dict[str, torch.Tensor]:
+    """The weight average a checkpoint holds (save_state's custom object), loaded as resuming loads it."""
+    with weights_only():
+        return torch.load(checkpoint / "custom_checkpoint_0.pkl")
+
+
+def weights_kind(path) -> str:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["harness"])["weights"]
+
+
+def test_the_average_follows_its_formula_and_swaps_in_and_out_exactly():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightAverage(EmaConfig(decay=0.5, warmup_steps=2), model)
+    start = model[0].weight.detach().clone()
+    assert ema.decay_now() == 0.0  # the warmup: the first update copies the weights
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    assert torch.equal(ema.averages[0], start + 1.0) and ema.decay_now() == 0.25
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.averages[0], start + 1.0 + 0.75)  # decay 0.25: 3/4 of the way to the weights
+    assert ema.decay_now() == 0.5  # the warmup is over
+    own = model[0].weight.detach().clone()
+    with ema.swapped_in(model):
+        assert torch.equal(model[0].weight, ema.averages[0])
+    assert torch.equal(model[0].weight, own)
+    assert "1.running_mean" in ema.names and "1.num_batches_tracked" not in ema.names  # floats only
+    copy = WeightAverage(EmaConfig(decay=0.5), model)
+    copy.load_state_dict(ema.state_dict())
+    assert copy.updates == 2 and all(torch.equal(a, b) for a, b in zip(copy.averages, ema.averages))
+
+
+def test_a_batch_is_mixed_by_its_own_seed_into_soft_targets():
+    images, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    mixup = BatchMixer(MixupConfig(alpha=0.4, cutmix_alpha=0.0), 3, seed=1, process=0)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    mixed, targets = mixup(images, labels, epoch=2, batch=7)
+    assert torch.equal(torch.get_rng_state(), before)  # seeded apart: the training RNG is left alone
+    again = mixup(images, labels, epoch=2, batch=7)
+    assert torch.equal(again[0], mixed) and torch.equal(again[1], targets)  # the same batch: the same mix
+    lam = targets[0, 0].item()  # sample 0 (class 0) is blended with the last one (class 2), rolled in
+    assert 0 < lam < 1 and torch.allclose(targets.sum(1), torch.ones(6))
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images.roll(1, 0), atol=1e-6)
+    assert not torch.equal(mixup(images, labels, epoch=2, batch=8)[1], targets)  # another batch: another mix
+    assert not torch.equal(BatchMixer(MixupConfig(alpha=0.4, cutmix_alpha=0.0), 3, seed=1, process=1)(
+        images, labels, epoch=2, batch=7)[1], targets)  # another process's batch too
+    # CutMix: every pixel is the image's own or its neighbour's, the targets weighted by the areas
+    cut, cut_targets = BatchMixer(MixupConfig(alpha=0.0, cutmix_alpha=1.0), 3, 1, 0)(images, labels, 0, 0)
+    own = (cut == images).all(1)  # samples x height x width: where the image kept its own pixels
+    assert ((cut == images) | (cut == images.roll(1, 0))).all()
+    assert torch.allclose(cut_targets[0, 0], own[0].float().mean())
+    # prob 0: nothing is mixed, the targets are the labels
+    plain, one_hot = BatchMixer(MixupConfig(prob=0.0), 3, 1, 0)(images, labels, 0, 0)
+    assert plain is images and torch.equal(one_hot.argmax(1), labels) and torch.equal(one_hot.sum(1), torch.ones(6))
+
+
+@pytest.mark.slow
+def test_the_average_mixup_and_randaugment_resume_bit_for_bit_and_the_average_is_evaluated(env, tmp_path):
+    straight = tmp_path / "straight"
+    run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "straight", *EMA], env)
+    first = run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "split", "--stop-after-epochs", "1",
+                       *EMA], env)
+    assert "stopped after 1 epoch(s)" in first.stdout
+    split = tmp_path / "split"
+    assert_exports_the_chosen_weights(split, epoch=1)
+    assert summary(split)["best_weights"] == "ema"
+    run_train(["--resume", split], env)
+
+    final = average(pointer(straight))
+    assert final["updates"] == summary(straight)["global_step"]
+    resumed = average(pointer(split))
+    assert final["updates"] == resumed["updates"]
+    assert all(torch.equal(final["averages"][k], resumed["averages"][k]) for k in final["averages"])
+    for name in ("last", "best"):
+        assert_same_weights(straight / "weights" / f"{name}.safetensors", split / "weights" / f"{name}.safetensors")
+    history = rows(straight / "history.csv")
+    assert [(r["ema_val_loss"], r["ema_val_acc"]) for r in history] == [
+        (r["ema_val_loss"], r["ema_val_acc"]) for r in rows(split / "history.csv")]
+    assert history_metrics(straight) == history_metrics(split)
+    assert all(r["ema_val_loss"] != r["val_loss"] for r in history)  # the average is not the weights
+    assert_exports_the_chosen_weights(straight, epoch=3)
+
+
+def assert_exports_the_chosen_weights(run, epoch: int) -> None:
+    """weights/last is the chosen weights of ``epoch`` (the run's last): the average's when it validated
+    with the lower loss, and "best" is chosen by the same figures."""
+    record = rows(run / "history.csv")[epoch - 1]
+    kind = "ema" if float(record["ema_val_loss"]) < float(record["val_loss"]) else "raw"
+    assert weights_kind(run / "weights" / "last.safetensors") == kind
+    exported, checkpoint = weights(run / "weights" / "last.safetensors"), pointer(run)
+    source = average(checkpoint)["averages"] if kind == "ema" else weights(checkpoint / "model.safetensors")
+    assert all(torch.equal(exported[k], source[k].float()) for k in source)
+    s = summary(run)
+    best = rows(run / "history.csv")[s["best_epoch"] - 1]
+    assert s["best_val_loss"] == min(float(best["val_loss"]), float(best["ema_val_loss"]))
+
+
+@pytest.mark.slow
+def test_an_average_of_decay_0_is_the_weights_themselves_under_ddp(env, tmp_path):
+    """Two processes: the average, swapped in for validation on both, gives exactly the weights' figures."""
+    run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "ddp", *FAST, "train.epochs=2",
+               "train.ema.decay=0"], env, launcher=DDP)
+    history = rows(tmp_path / "ddp" / "history.csv")
+    assert [(r["val_loss"], r["val_acc"]) for r in history] == [(r["ema_val_loss"], r["ema_val_acc"]) for r in history]
+    assert summary(tmp_path / "ddp")["best_weights"] == "raw"  # a tie keeps the weights themselves
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_the_run_and_a_resume_does_not_train_on(env, tmp_path):
+    # No improvement can exceed min_delta 1.0 (accuracy): the first epoch sets the mark, the next is the patience.
+    stop = [*FAST, "train.epochs=6", "train.early_stopping.patience=1", "train.early_stopping.min_delta=1.0"]
+    args = ["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "stops", *stop]
+    result = run_train(args, env)
+    run = tmp_path / "stops"
+    assert "early stopping after epoch 2 of 6: val_acc has not improved by more than 1 in the last 1 epoch(s)" in result.stdout
+    s = summary(run)
+    assert (s["status"], s["stopped_early_at"], s["epoch"], len(rows(run / "history.csv"))) == ("completed", 2, 2, 2)
+    assert (run / "reports" / "classification_report_test.txt").is_file()  # the final evaluation ran
+    before = (run / "weights" / "best.safetensors").stat().st_mtime_ns
+
+    again = run_train(args, env)
+    assert "already stopped early after epoch 2 (train.early_stopping): nothing to do" in again.stdout
+    assert (run / "weights" / "best.safetensors").stat().st_mtime_ns == before
+
+    longer = run_train(["--resume", run, "train.early_stopping.patience=3"], env)  # more patience trains on
+    assert "early stopping after epoch 4 of 6" in longer.stdout
+    s = summary(run)
+    assert (s["stopped_early_at"], s["epoch"], len(rows(run / "history.csv"))) == (4, 4, 4)
+
+
+@pytest.mark.slow
+def test_a_frozen_backbone_keeps_its_first_weights_while_the_head_learns(env, tmp_path):
+    """One epoch of two frozen: the convolutions are the initial ones, bit for bit; the classifier learned at
+    its own rate; biases and BatchNorm weights are not decayed (the optimizer's groups, as checkpointed)."""
+    run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "frozen", *FAST, "train.epochs=2",
+               "--stop-after-epochs", "1", "model.freeze_backbone_epochs=1", "optim.head_lr_multiplier=3"], env)
+    cfg = load_config(DIGITS, FAST)
+    set_seed(cfg.train.seed)  # as the run did before building its model
+    initial = build_model(cfg.model, 10).state_dict()
+    trained = weights(tmp_path / "frozen" / "weights" / "last.safetensors")
+    convolutions = [k for k in initial if initial[k].ndim == 4]
+    assert convolutions and all(torch.equal(trained[k], initial[k]) for k in convolutions)
+    head = [k for k in initial if k.startswith(classifier(build_model(cfg.model, 10))[0] + ".")]
+    assert head and not any(torch.equal(trained[k], initial[k]) for k in head)
+    with weights_only():
+        groups = torch.load(pointer(tmp_path / "frozen") / "optimizer.bin")["param_groups"]
+    assert [(g["role"], len(g["params"]), g["weight_decay"]) for g in groups] == [
+        ("backbone", 5, 0.01), ("backbone", 10, 0.0), ("head", 1, 0.01), ("head", 1, 0.0)]
+    # saved for the second epoch: the backbone thaws, the head keeps 3 times its learning rate
+    assert groups[0]["lr"] > 0 and groups[2]["initial_lr"] == 3 * groups[0]["initial_lr"]
+    assert groups[2]["lr"] == pytest.approx(3 * groups[0]["lr"])
