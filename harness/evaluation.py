@@ -12,6 +12,7 @@ from accelerate.utils import broadcast
 from harness.config import DataConfig
 from harness.workers import batches_of
 from harness.metrics import Predictions
+from harness.tta import View, mean_log_probabilities
 
 TOP_K = 5
 
@@ -58,21 +59,26 @@ def sync_buffers(accelerator: Accelerator, model) -> None:
             broadcast(buffer, from_process=0)
 
 
-def evaluate(accelerator: Accelerator, model, loader, inputs: ModelInputs) -> Predictions:
-    """Predictions for every sample of ``loader`` exactly once, whatever the number of processes."""
-    sync_buffers(accelerator, model)
-    model.eval()
+def evaluate(accelerator: Accelerator, model, loader, inputs: ModelInputs, views: list[View] | None = None
+             ) -> Predictions:
+    """Predictions for every sample of ``loader`` exactly once, whatever the number of processes. ``model`` may
+    be several (an ensemble) and ``views`` several (test-time augmentation): their probabilities are averaged."""
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    for member in models:
+        sync_buffers(accelerator, member)
+        member.eval()
     batches = []
     with torch.inference_mode():
         for images, labels, indices in batches_of(loader):
+            x = inputs(images)
             with accelerator.autocast():
-                logits = model(inputs(images))
-            logits = logits.float()
-            probs = logits.softmax(dim=1)
+                logits = [member(view(x)) for member in models for view in views or [lambda v: v]]
+            log_probs = mean_log_probabilities([each.float().log_softmax(dim=1) for each in logits])
+            probs = log_probs.exp()
             top = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
             labeled = labels >= 0
             losses = torch.full_like(probs[:, 0], float("nan"))
             if labeled.any():
-                losses[labeled] = F.cross_entropy(logits[labeled], labels[labeled], reduction="none")
+                losses[labeled] = F.nll_loss(log_probs[labeled], labels[labeled], reduction="none")
             batches.append(accelerator.gather_for_metrics((indices, labels, top.indices, top.values, losses)))
     return Predictions.from_batches(batches)

@@ -1,4 +1,4 @@
-"""Infer: ``accelerate launch -q --config_file launch_configs/cpu.yaml harness/infer.py --run runs/<name> [--split test] [--checkpoint best|last]``.
+"""Infer: ``accelerate launch -q --config_file launch_configs/cpu.yaml harness/infer.py --run runs/<name> [--split test] [--checkpoint best|last] [--tta SET]``, or ``--ensemble RUN RUN ...``.
 
 The entry point only parses the command line; ``harness.predict`` does the rest.
 """
@@ -17,7 +17,10 @@ from harness.cli import run_cli  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Predictions and metrics from a finished run.")
-    parser.add_argument("--run", required=True, help="the run directory, e.g. runs/digits")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="the run directory, e.g. runs/digits")
+    which.add_argument("--ensemble", nargs="+", metavar="RUN", help="several run directories (the same classes and "
+                       "preprocessing): their probabilities averaged; the first run's config and splits are used")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: test")
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"], help="default: best")
     parser.add_argument("--images", nargs="+", metavar="PATH", help="unlabeled image files or folders instead of a split")
@@ -28,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="print the first N predictions (path, label, prediction, confidence); default 10, 0: none")
     parser.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="default: as the run trained")
+    parser.add_argument("--tta", choices=["identity", "hflip", "flips", "five_crop"],
+                        help="test-time augmentation: the probabilities of these views of each image averaged")
     args = parser.parse_args(argv)
     if args.show < 0:
         parser.error("--show: must be 0 or more")

@@ -25,39 +25,74 @@ from harness.reporting import write_split_outputs
 from harness.rundir import RunDir
 from harness.run_name import name_value
 from harness.splits import DataSplits, Samples
+from harness.tta import TTA_SETS
 
 logger = logging.getLogger(__name__)
 
 
 def predict(args: argparse.Namespace) -> int:
-    run = RunDir(Path(args.run))
-    if not run.config.is_file():
-        raise CheckpointError(f"--run {run.root}: not a run directory (no config.yaml)")
-    cfg = load_config(run.config)
-    model, meta = trained_model(run.weights_file(args.checkpoint))
+    runs = [RunDir(Path(path)) for path in (args.ensemble or [args.run])]
+    for run in runs:
+        if not run.config.is_file():
+            raise CheckpointError(f"{'--ensemble' if args.ensemble else '--run'} {run.root}: not a run directory "
+                                  "(no config.yaml)")
+    run, cfg = runs[0], load_config(runs[0].config)
+    members = [trained_model(member.weights_file(args.checkpoint)) for member in runs]
+    meta = members[0][1]
+    _check_ensemble(runs, [member_meta for _, member_meta in members])
     # Default: the precision the run trained in (from its run config or its launch config).
     trained = cfg.train.mixed_precision or meta.get("mixed_precision") or "no"
     accelerator = build_accelerator(args.mixed_precision or trained)
     setup_logging(accelerator)
 
     samples, root, name = _samples(args, run, cfg)
-    precision = "" if accelerator.mixed_precision == trained else f"_{accelerator.mixed_precision}"
-    out = Path(args.out) if args.out else run.inference(f"{_subject(args, name, samples)}_{args.checkpoint}{precision}")
+    out = Path(args.out) if args.out else run.inference(_folder_name(args, name, samples, runs, trained, accelerator))
     if (out / "metrics.json").exists() and not args.force:  # before any work: nothing earlier is lost
         raise CheckpointError(f"{out} holds the outputs of an earlier inference: --force replaces them, "
                               "--out DIR writes elsewhere")
     batch_size = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
     # A disk cache serves inference too; building one in memory for a single pass would gain nothing.
     cache = image_cache("disk", root, samples, cfg.data) if cfg.data.cache == "disk" and not args.images else None
-    model, loader = accelerator.prepare(model, eval_loader(cfg.data, root, samples, batch_size, cfg.train.seed, cache))
-    preds = evaluate(accelerator, model, loader, ModelInputs(model, cfg.data))
+    *models, loader = accelerator.prepare(*[model for model, _ in members],
+                                          eval_loader(cfg.data, root, samples, batch_size, cfg.train.seed, cache))
+    preds = evaluate(accelerator, models, loader, ModelInputs(models[0], cfg.data), TTA_SETS[args.tta or "identity"])
     if accelerator.is_main_process:
         facts = {"run": str(run.root), "split": name, "checkpoint": args.checkpoint, "epoch": meta.get("epoch"),
                  "images": len(preds), "mixed_precision": accelerator.mixed_precision,
-                 "num_processes": accelerator.num_processes}
+                 "num_processes": accelerator.num_processes, "tta": args.tta,
+                 "ensemble": [str(member.root) for member in runs] if args.ensemble else None}
         _write_outputs(preds, meta["classes"], [path for path, _ in samples], out, facts, args.show)
     leave_together(accelerator)
     return 0
+
+
+def _check_ensemble(runs: list[RunDir], metas: list[dict]) -> None:
+    """The members of an ensemble must predict the same classes, in the same order, from the same inputs."""
+    first = metas[0]
+    for run, meta in zip(runs[1:], metas[1:]):
+        if meta["classes"] != first["classes"]:
+            theirs, ours = set(meta["classes"]), set(first["classes"])
+            differ = (f"only {runs[0].root} has {sorted(ours - theirs)}, only {run.root} has {sorted(theirs - ours)}"
+                      if theirs != ours else "the same classes in another order")
+            raise CheckpointError(f"--ensemble: {run.root} and {runs[0].root} predict different classes ({differ})")
+        for key in ("image_size", "mean", "std"):
+            if meta[key] != first[key]:
+                raise CheckpointError(f"--ensemble: {run.root} has {key} {meta[key]}, {runs[0].root} {first[key]}: "
+                                      "the members of an ensemble share one preprocessing")
+
+
+def _folder_name(args: argparse.Namespace, split: str, samples: Samples, runs: list[RunDir], trained: str,
+                 accelerator) -> str:
+    """<what>_<checkpoint>[_<precision>][_tta-<set>][_ensemble<n>-<hash of the runs>]."""
+    name = f"{_subject(args, split, samples)}_{args.checkpoint}"
+    if accelerator.mixed_precision != trained:
+        name += f"_{accelerator.mixed_precision}"
+    if args.tta:
+        name += f"_tta-{args.tta}"
+    if args.ensemble:
+        members = "\n".join(str(run.root.resolve()) for run in runs)
+        name += f"_ensemble{len(runs)}-{hashlib.sha1(members.encode()).hexdigest()[:6]}"
+    return name
 
 
 def _subject(args: argparse.Namespace, split: str, samples: Samples) -> str:

@@ -101,6 +101,11 @@ def test_distributed_evaluation_counts_every_sample_once(setup, env, tmp_path):
         assert one == (tmp_path / "two" / name).read_text()
     assert result.stdout.count("test: accuracy") == 1
     assert rows(tmp_path / "one" / "predictions.csv") == rows(out / "one" / "predictions" / "test.csv")
+    # An ensemble with test-time augmentation too: the same rows from 1 and 2 processes.
+    both = ["--ensemble", out / "one", out / "two", "--tta", "five_crop"]
+    run_infer([*both, "--out", tmp_path / "both1"], env)
+    run_infer([*both, "--out", tmp_path / "both2", "--batch-size", "5"], env, launcher=DDP)
+    assert rows(tmp_path / "both1" / "predictions.csv") == rows(tmp_path / "both2" / "predictions.csv")
 
 
 @pytest.mark.slow

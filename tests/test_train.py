@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import statistics
 import time
 
@@ -13,12 +14,14 @@ import torch
 import yaml
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from harness.accel import share_of_cores
 from harness.builtin import builtin_root
 from harness.config import load_config
 from harness.optim import lr_per_update
+from harness.weights import load_weights
 
 from conftest import CPU_LAUNCH, DIGITS, FAST, PYTHON, REPO, make_image_folder, marker, pointer, rows, run_infer, run_train, summary
 
@@ -179,6 +182,49 @@ def test_infer_on_unlabeled_images(quickstart, env, tmp_path):
     assert refused.returncode == 2 and refused.stderr.strip().startswith(
         f"error: --images: 2 image(s) cannot be used: {images / 'broken.png'} (UnidentifiedImageError")
     assert f"; {images / 'notes.jpg'} (UnidentifiedImageError" in refused.stderr and not (tmp_path / "again").exists()
+
+
+def predictions_close(a: list[dict], b: list[dict]) -> bool:
+    """The same predictions, their confidences equal to the CSV's 6 decimals (give or take its last digit)."""
+    return [(r["path"], r["prediction"]) for r in a] == [(r["path"], r["prediction"]) for r in b] and all(
+        abs(float(x["confidence"]) - float(y["confidence"])) <= 2e-6 for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_tta_and_ensembles_average_what_they_should(quickstart, env, tmp_path):
+    run, _, _ = quickstart
+    def infer(name, *args, **kw):
+        return run_infer([*args, "--out", tmp_path / name, "--show", "0"], env, **kw)
+
+    infer("plain", "--run", run)
+    infer("identity", "--run", run, "--tta", "identity")
+    plain = rows(tmp_path / "plain" / "predictions.csv")
+    assert rows(tmp_path / "identity" / "predictions.csv") == plain  # one view, the image itself: bit for bit
+    infer("itself", "--ensemble", run, run)  # a run with itself: its own probabilities
+    assert predictions_close(rows(tmp_path / "itself" / "predictions.csv"), plain)
+    infer("hflip", "--run", run, "--tta", "hflip")
+    infer("both", "--ensemble", run, run, "--tta", "hflip")
+    hflip = rows(tmp_path / "hflip" / "predictions.csv")
+    assert predictions_close(rows(tmp_path / "both" / "predictions.csv"), hflip)
+    assert sum(a["confidence"] != b["confidence"] for a, b in zip(hflip, plain)) > len(plain) // 2  # two views
+    for tta in ("flips", "five_crop"):
+        infer(tta, "--run", run, "--tta", tta)
+        metrics = json.loads((tmp_path / tta / "metrics.json").read_text())
+        assert metrics["tta"] == tta and metrics["accuracy"] > 0.5 and len(rows(tmp_path / tta / "predictions.csv")) == 269
+    both = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    assert both["tta"] == "hflip" and both["ensemble"] == [str(run), str(run)]
+    run_infer(["--ensemble", run, run, "--tta", "hflip", "--show", "0"], env)  # its own folder in the first run
+    assert len(list((run / "inference").glob("test_best_tta-hflip_ensemble2-*"))) == 1
+
+    other = tmp_path / "other"  # the same run, but a class renamed
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("checkpoints", "inference", "tensorboard"))
+    state, meta = load_weights(other / "weights" / "best.safetensors")
+    save_file(state, str(other / "weights" / "best.safetensors"),
+              metadata={"harness": json.dumps({**meta, "classes": [*meta["classes"][:-1], "nine"]})})
+    refused = infer("refused", "--ensemble", run, other, launcher=PYTHON, check=False)
+    assert refused.returncode != 0 and refused.stderr.strip().splitlines()[-1] == (
+        f"error: --ensemble: {other} and {run} predict different classes (only {run} has ['9'], only {other} has "
+        "['nine'])")
 
 
 @pytest.mark.slow
