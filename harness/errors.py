@@ -25,6 +25,14 @@ class LaunchError(UserError):
     """The processes the launcher started do not form the group a run needs."""
 
 
+class MissingDependency(UserError):
+    """An optional extra a command needs is not installed."""
+
+
+class ExportMismatch(UserError):
+    """An exported model does not predict what the PyTorch model predicts."""
+
+
 class TrainingDiverged(UserError):
     """The loss or the gradients became NaN/inf; the settings (learning rate, clipping) need a change."""
 

@@ -54,3 +54,7 @@ class RunDir:
 
     def inference(self, split: str) -> Path:
         return self.root / "inference" / split
+
+    def export(self, name: str) -> Path:
+        """An exported model, ``<checkpoint>.onnx`` or ``<checkpoint>.torchscript.pt``, with ``<file>.json``."""
+        return self.root / "export" / name

@@ -5,7 +5,9 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import time
+import warnings
 
 import numpy as np
 import psutil
@@ -225,6 +227,50 @@ def test_tta_and_ensembles_average_what_they_should(quickstart, env, tmp_path):
     assert refused.returncode != 0 and refused.stderr.strip().splitlines()[-1] == (
         f"error: --ensemble: {other} and {run} predict different classes (only {run} has ['9'], only {other} has "
         "['nine'])")
+
+
+@pytest.mark.slow
+def test_exports_predict_what_pytorch_does_and_carry_the_preprocessing(quickstart, env, tmp_path):
+    run, _, _ = quickstart
+    for fmt, file in (("onnx", "best.onnx"), ("torchscript", "best.torchscript.pt")):
+        result = subprocess.run([*PYTHON, "harness/export.py", "--run", str(run), "--format", fmt], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        assert "checked on the 269 test images: predictions agree on 269/269" in result.stdout
+        record = json.loads((run / "export" / f"{file}.json").read_text())
+        assert record["check"]["agree"] == record["check"]["images"] == 269
+        assert record["check"]["max_logit_difference"] < 1e-4
+        assert record["classes"] == [str(d) for d in range(10)] and record["image_size"] == 32
+    # ONNX Runtime on the exported file alone, the preprocessing from its metadata: infer.py's predictions.
+    import onnx
+    import onnxruntime
+
+    meta = json.loads({p.key: p.value for p in onnx.load(str(run / "export" / "best.onnx")).metadata_props}["harness"])
+    session = onnxruntime.InferenceSession(str(run / "export" / "best.onnx"), providers=["CPUExecutionProvider"])
+    root = builtin_root("digits", env["HARNESS_CACHE_DIR"])
+    mean, std = np.array(meta["mean"])[:, None, None], np.array(meta["std"])[:, None, None]
+    tests = rows(run / "predictions" / "test.csv")[:20]
+    images = np.stack([(np.asarray(Image.open(root / row["path"]).convert("RGB"), np.float32).transpose(2, 0, 1) / 255
+                        - mean) / std for row in tests]).astype(np.float32)
+    logits = session.run(None, {"images": images})[0]
+    assert [meta["classes"][i] for i in logits.argmax(1)] == [row["prediction"] for row in tests]
+    extra = {"harness.json": ""}
+    with warnings.catch_warnings():  # torch deprecates TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(run / "export" / "best.torchscript.pt"), _extra_files=extra)
+    assert json.loads(extra["harness.json"])["classes"] == meta["classes"]
+
+
+def test_an_export_without_its_extra_says_what_to_install(tmp_path):
+    hidden = tmp_path / "hidden"  # an onnxruntime that cannot be imported, as if it were not installed
+    hidden.mkdir()
+    (hidden / "onnxruntime.py").write_text("raise ImportError('not installed')\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("data: {builtin: digits}\n")
+    result = subprocess.run([*PYTHON, "harness/export.py", "--run", str(tmp_path / "run"), "--format", "onnx"],
+                            env={**os.environ, "PYTHONPATH": str(hidden)}, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: --format onnx needs onnxruntime, not installed: pip install -e '.[export]'")
 
 
 @pytest.mark.slow

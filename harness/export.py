@@ -1,0 +1,40 @@
+"""Export: ``python harness/export.py --run runs/<name> --format onnx|torchscript [--checkpoint best|last]``.
+
+The entry point only parses the command line; ``harness.exporting`` does the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from harness.cli import run_cli  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Export a finished run's model (ONNX or TorchScript) with its "
+                                     "preprocessing recorded, then check it against PyTorch on the run's test split.")
+    parser.add_argument("--run", required=True, help="the run directory, e.g. runs/digits")
+    parser.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"], help="default: best")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="the images the export is checked on (default: test)")
+    parser.add_argument("--out", help="the file to write (default: <run>/export/<checkpoint>.onnx or "
+                        "<checkpoint>.torchscript.pt)")
+    parser.add_argument("--batch-size", type=int, default=64, help="for the check (default 64)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # before the heavy imports: --help and usage errors answer at once
+    from harness.exporting import export
+
+    return run_cli(lambda: export(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Exporting a finished run's model to run without the harness: ONNX (for onnxruntime and the like) or
+TorchScript. The exported model takes the normalised batch (images x 3 x size x size, float32: RGB scaled to
+0-1, then ``(x - mean) / std``) and gives the logits; the image size, mean, std and class names are recorded in
+the file (ONNX metadata ``harness``, TorchScript extra file ``harness.json``) and beside it (``<file>.json``).
+
+Then the export is checked: it and the PyTorch model predict the run's test split, and the largest difference
+in logits and the share of predictions that agree are reported and recorded. A prediction that differs fails
+the command (the file stays, for a look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from harness.accel import setup_logging
+from harness.api import trained_model
+from harness.atomic import atomic_path, write_atomic
+from harness.builtin import data_root
+from harness.config import load_config
+from harness.data import eval_loader
+from harness.errors import CheckpointError, DataError, ExportMismatch, MissingDependency
+from harness.evaluation import ModelInputs
+from harness.rundir import RunDir
+from harness.splits import DataSplits
+from harness.workers import batches_of
+
+logger = logging.getLogger(__name__)
+
+ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")  # the exporter writes with onnx and onnxscript; the check runs onnxruntime
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+def export(args: argparse.Namespace) -> int:
+    setup_logging()
+    run = RunDir(Path(args.run))
+    if not run.config.is_file():
+        raise CheckpointError(f"--run {run.root}: not a run directory (no config.yaml)")
+    if args.format == "onnx":
+        require(ONNX_MODULES, "--format onnx", "export")
+    cfg = load_config(run.config)
+    model, meta = trained_model(run.weights_file(args.checkpoint))
+    model.eval()
+    out = Path(args.out) if args.out else run.export(f"{args.checkpoint}{SUFFIX[args.format]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {**meta, "format": args.format, "input": "images x 3 x image_size x image_size, float32, RGB in 0-1 "
+              "normalised with mean and std", "output": "logits, images x classes"}
+    example = torch.zeros(2, 3, meta["image_size"], meta["image_size"])
+    with atomic_path(out) as tmp:
+        (_write_onnx if args.format == "onnx" else _write_torchscript)(model, example, tmp, record)
+    splits = DataSplits.load(run.splits, data_root(cfg.data))
+    if args.split not in splits.splits:
+        raise DataError(f"--split {args.split}: this run has the splits {', '.join(splits.splits)}")
+    loader = eval_loader(cfg.data, splits.root, splits.splits[args.split], args.batch_size, cfg.train.seed)
+    record["check"] = {"split": args.split, **_compare(model, _runner(args.format, out), loader, ModelInputs(model, cfg.data))}
+    write_atomic(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
+    check = record["check"]
+    summary = (f"checked on the {check['images']} {args.split} images: predictions agree on {check['agree']}/"
+               f"{check['images']}, largest logit difference {check['max_logit_difference']:.3g}")
+    if check["agree"] != check["images"]:
+        raise ExportMismatch(f"{out}: the exported model predicts otherwise than PyTorch ({summary})")
+    logger.info(f"{out}: {args.format}, {summary}")
+    return 0
+
+
+def require(modules: tuple[str, ...], what: str, extra: str) -> None:
+    """Import ``modules`` or say, in one line, which are missing and which extra installs them."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingDependency(f"{what} needs {', '.join(missing)}, not installed: pip install -e '.[{extra}]'")
+
+
+def _write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, record: dict) -> None:
+    import onnx
+
+    for name in ("onnxscript", "onnx_ir"):  # their optimisation passes log every step
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    batch = torch.export.Dim("batch")
+    program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"],
+                                dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    program.save(str(path))
+    saved = onnx.load(str(path))
+    onnx.helper.set_model_props(saved, {"harness": json.dumps(record)})
+    onnx.save(saved, str(path))
+
+
+def _write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, record: dict) -> None:
+    with warnings.catch_warnings():  # torch deprecates TorchScript, which still serves C++ and mobile runtimes
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(path), _extra_files={"harness.json": json.dumps(record)})
+
+
+def _runner(fmt: str, path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported file, loaded as its users would, as a function of a normalised batch."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path))
+    return lambda x: loaded(x)
+
+
+def _compare(model: torch.nn.Module, exported: Callable, loader, inputs: ModelInputs) -> dict:
+    images = agree = 0
+    largest = 0.0
+    with torch.inference_mode():
+        for batch, _, _ in batches_of(loader):
+            x = inputs(batch)
+            ours, theirs = model(x), exported(x)
+            largest = max(largest, (ours - theirs).abs().max().item())
+            agree += int((ours.argmax(1) == theirs.argmax(1)).sum())
+            images += len(x)
+    return {"images": images, "agree": agree, "max_logit_difference": largest}
