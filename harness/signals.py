@@ -17,16 +17,23 @@ class StopRequest:
         self.signum: int | None = None
         self._first_at = 0.0
         self._previous: dict[int, object] = {}
+        self._mask: set[signal.Signals] | None = None
 
     def install(self) -> "StopRequest":
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
+        # The SLURM scripts start launchers with the stop signals blocked, and the training inherits that: one
+        # that came since is pending, and arrives now. Blocked again after the loop, as they were.
+        self._mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         return self
 
     def uninstall(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if self._mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
+            self._mask = None
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:

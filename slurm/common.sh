@@ -2,11 +2,13 @@
 # supervision that turns a SLURM stop signal into a checkpoint and a requeue. Not a batch script itself.
 #
 # Why each piece is there (the traps it avoids):
-# - `accelerate launch` with one process neither forwards a signal to its child nor keeps its exit code, and
-#   torchrun forwards SIGTERM but SIGKILLs its workers 30 s later. So launchers start deaf to USR1 and TERM
-#   (ignored signals stay ignored across exec) and the stop signal goes straight to every process of the
-#   launch's own process group: the training processes install their own handlers, launchers ignore it. The
-#   outcome is read from the run's summary.json, never from the launcher's exit code.
+# - Launchers must not act on a stop signal: torchrun forwards SIGTERM but SIGKILLs its workers 30 s later, and
+#   `accelerate launch` with one process (1.16 and later) installs its own SIGTERM handler, which stops its
+#   child and SIGKILLs it 5 s later, in the middle of the checkpoint a stop saves. So launchers start with USR1
+#   and TERM ignored and blocked (a blocked signal stays blocked across exec, whatever handler a program
+#   installs), and the stop signal goes straight to every process of the launch's own process group: the
+#   training processes unblock it as they install their own handlers (harness/signals.py), launchers never
+#   see it. The outcome is read from the run's summary.json, never from the launcher's exit code.
 # - `--signal=B:USR1@N` reaches only the batch shell, and bash runs a trap only once its foreground child
 #   returns: everything runs in the background and the shell waits with `wait`, which a trap interrupts.
 # - A USR1 that comes before the training installed its handler would be lost (ignored): it is repeated every
@@ -82,9 +84,12 @@ trap 'on_signal TERM' TERM
 # supervise CMD...: run CMD in a process group of its own, deaf to USR1 and TERM, and wait for the whole group.
 # A USR1 or TERM to this shell is relayed by RELAY (default: to every process of the group), USR1 again every
 # HARNESS_RESEND_S until the group is gone. Sets SUPERVISED_RC, CMD's exit code.
+BLOCK_STOP_SIGNALS='import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+os.execvp(sys.argv[1], sys.argv[1:])'
 supervise() {
     RELAY=${RELAY:-relay_to_group}
-    ( trap '' USR1 TERM; exec setsid "$@" ) &
+    ( trap '' USR1 TERM; exec setsid python -c "$BLOCK_STOP_SIGNALS" "$@" ) &
     GROUP=$!
     local resender=""
     while :; do

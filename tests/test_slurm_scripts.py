@@ -2,7 +2,11 @@
 configs from the allocation (the scripts under a real SLURM: tests/test_slurm.py)."""
 
 import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +89,32 @@ def test_a_job_names_its_run_after_the_job_and_an_array_task_after_its_task():
     assert in_job(show, SLURM_ARRAY_JOB_ID="70", SLURM_ARRAY_TASK_ID="3", RUN_NAME="x-{name}",
                   OUTPUT_DIR="/o").stdout.strip().startswith("x-{name} harness/train.py --config c.yaml --output-dir /o")
     assert in_job('. slurm/common.sh; job_tag', SLURM_ARRAY_JOB_ID="70", SLURM_ARRAY_TASK_ID="3").stdout == "70_3\n"
+
+
+SLOW_SAVE = """
+import os, pathlib, sys, time
+from harness.signals import StopRequest
+
+stop = StopRequest().install()  # as the training loop does
+pathlib.Path(sys.argv[1]).write_text(str(os.getpgid(0)))
+while stop.signum is None:
+    time.sleep(0.05)
+time.sleep(8)  # a checkpoint that takes a while
+pathlib.Path(sys.argv[1]).write_text("saved")
+"""
+
+
+def test_a_launcher_never_sees_the_stop_signal_that_would_cut_a_save_short(tmp_path):
+    """SLURM signals every process of the job. `accelerate launch` answers a SIGTERM by stopping its child and
+    killing it 5 s later; under supervise it never gets one, and the training takes the time its save needs."""
+    (tmp_path / "slow_save.py").write_text(SLOW_SAVE)
+    out = tmp_path / "out"
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    job = subprocess.Popen(["bash", "-c", f'. slurm/common.sh; supervise accelerate launch -q --config_file '
+                            f'launch_configs/cpu.yaml {tmp_path / "slow_save.py"} {out}; echo "rc $SUPERVISED_RC"'],
+                           cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out.exists() and out.read_text().isdigit()) and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(int(out.read_text()), signal.SIGTERM)  # what slurmstepd does to every process of the step
+    assert job.communicate(timeout=60)[0].strip() == "rc 0" and out.read_text() == "saved"
