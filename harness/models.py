@@ -7,6 +7,7 @@ Adding a model is one function decorated with ``@register_model("name")`` that t
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,7 @@ import torchvision
 from torch import nn
 
 from harness.config import ModelConfig
-from harness.errors import ConfigError
+from harness.errors import ConfigError, MissingDependency
 
 CUSTOM_MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -29,11 +30,24 @@ def register_model(name: str):
     return wrap
 
 
-def available_models() -> list[str]:
-    return sorted(CUSTOM_MODELS) + torchvision.models.list_models(module=torchvision.models)
+TIMM_PREFIX = "timm/"  # model.name: timm/<name> builds timm's model <name> (the timm extra)
+
+
+def available_models(pattern: str = "*") -> list[str]:
+    """Every model ``model.name`` accepts that matches ``pattern`` (shell-style): the custom ones, torchvision's,
+    and timm's (``timm/<name>``) when timm is installed."""
+    names = sorted(CUSTOM_MODELS) + torchvision.models.list_models(module=torchvision.models)
+    try:
+        import timm
+    except ImportError:
+        timm = None
+    names += [TIMM_PREFIX + name for name in timm.list_models()] if timm else []
+    return [name for name in names if fnmatch.fnmatch(name, pattern)]
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    if cfg.name.startswith(TIMM_PREFIX):
+        return _timm_model(cfg, num_classes)
     try:
         if cfg.name in CUSTOM_MODELS:
             if cfg.pretrained:
@@ -50,6 +64,43 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         return model
     except (TypeError, ValueError) as e:  # bad model.kwargs, or a size the architecture refuses
         raise ConfigError(f"model.kwargs: {cfg.name} cannot be built with {cfg.kwargs}: {e}") from None
+
+
+def _timm_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """timm's model, with its head for ``num_classes``; pretrained weights only from the local Hugging Face
+    cache, where timm keeps them (nothing is downloaded)."""
+    name = cfg.name[len(TIMM_PREFIX):]
+    try:
+        import timm
+    except ImportError:
+        raise MissingDependency(f"model.name: {cfg.name} needs timm, not installed: pip install -e '.[timm]'") from None
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f"did you mean '{TIMM_PREFIX}{close[0]}'?" if close else "see harness-train --list-models 'timm/*'"
+        raise ConfigError(f"model.name: unknown timm model '{name}' ({hint})")
+    overlay = {"file": _cached_timm_weights(name)} if cfg.pretrained else None
+    try:
+        return timm.create_model(name, pretrained=cfg.pretrained, pretrained_cfg_overlay=overlay,
+                                 num_classes=num_classes, **cfg.kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.kwargs: {cfg.name} cannot be built with {cfg.kwargs}: {e}") from None
+
+
+def _cached_timm_weights(name: str) -> str:
+    """The file of timm's default weights for ``name`` in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    pretrained = get_pretrained_cfg(name)
+    hub = pretrained.hf_hub_id if pretrained else None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(hub, filename) if hub else None
+        if isinstance(path, str):
+            return path
+    raise ConfigError(f"model.pretrained: weights for timm/{name} are not in the local Hugging Face cache "
+                      f"({hub or 'timm has none'}); fetch them once where there is a network "
+                      f"(timm.create_model('{name}', pretrained=True)) or set model.pretrained: false")
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="start over in an existing run directory, deleting it")
     parser.add_argument("--stop-after-epochs", type=int, metavar="N",
                         help="train at most N more epochs in this session, then checkpoint and exit 0 (resumable)")
+    parser.add_argument("--list-models", nargs="?", const="*", metavar="PATTERN",
+                        help="list the model names model.name accepts (torchvision, custom, and timm/<name> with the "
+                        "timm extra), those matching PATTERN (shell-style, e.g. 'timm/convnext*'), and exit")
     args = parser.parse_intermixed_args(argv)  # overrides before or after the options
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         parser.error("--stop-after-epochs: must be at least 1")
@@ -39,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # before the heavy imports: --help and usage errors answer at once
+    if args.list_models is not None:
+        from harness.models import available_models
+
+        print("\n".join(available_models(args.list_models)))
+        return 0
     from harness.run import train
 
     return run_cli(lambda: train(args))

@@ -2,12 +2,14 @@
 early stopping (``train.early_stopping``)."""
 
 import json
+import subprocess
 
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
-from conftest import (DDP, DIGITS, FAST, assert_same_weights, history_metrics, pointer, rows, run_train, summary,
+from conftest import (DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, history_metrics, pointer, rows, run_train, summary,
                       weights)
 from accelerate.utils import set_seed
 
@@ -179,3 +181,42 @@ def test_a_frozen_backbone_keeps_its_first_weights_while_the_head_learns(env, tm
     # saved for the second epoch: the backbone thaws, the head keeps 3 times its learning rate
     assert groups[0]["lr"] > 0 and groups[2]["initial_lr"] == 3 * groups[0]["initial_lr"]
     assert groups[2]["lr"] == pytest.approx(3 * groups[0]["lr"])
+
+
+@pytest.mark.slow
+def test_a_timm_model_fine_tunes_from_weights_in_the_local_cache_only(env, tmp_path):
+    """timm/test_convnext, its "pretrained" weights planted in a Hugging Face cache of this test's own (nothing
+    can be downloaded): the frozen epoch keeps them, bit for bit, and only the new classifier learns."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    hub = get_pretrained_cfg("test_convnext").hf_hub_id
+    snapshot = tmp_path / "hf" / f"models--{hub.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    torch.manual_seed(3)
+    planted = {k: v.contiguous() for k, v in timm.create_model("test_convnext").state_dict().items()}
+    save_file(planted, str(snapshot / "model.safetensors"))
+    settings = ["--config", DIGITS, "--output-dir", tmp_path, "model.name=timm/test_convnext", "model.kwargs={}",
+                "model.pretrained=true", "model.freeze_backbone_epochs=1", "train.epochs=1", "train.deterministic=true"]
+    run_train([*settings, "--run-name", "timm"], {**env, "HF_HUB_CACHE": str(tmp_path / "hf")})
+    assert summary(tmp_path / "timm")["status"] == "completed"
+    trained = weights(tmp_path / "timm" / "weights" / "last.safetensors")
+    head = classifier(timm.create_model("test_convnext", num_classes=10))[0]
+    frozen = [k for k in trained if not k.startswith(head + ".") and "running_" not in k and "num_batches" not in k]
+    assert frozen and all(torch.equal(trained[k], planted[k]) for k in frozen)
+    assert trained[f"{head}.weight"].shape == (10, planted[f"{head}.weight"].shape[1])  # a new head, for 10 classes
+    # without the planted cache, one line says where the weights must be
+    refused = run_train([*settings, "--run-name", "none"], {**env, "HF_HUB_CACHE": str(tmp_path / "empty")}, check=False)
+    assert refused.returncode != 0 and "model.pretrained: weights for timm/test_convnext are not in the local " \
+        "Hugging Face cache (timm/test_convnext.r160_in1k)" in refused.stderr
+
+
+def test_list_models_names_torchvision_custom_and_timm_models():
+    listed = subprocess.run([*PYTHON, "harness/train.py", "--list-models", "*conv*t_n*"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert listed == ["timm/convnext_nano", "timm/convnext_nano_ols"]
+    everything = subprocess.run([*PYTHON, "harness/train.py", "--list-models"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.split()
+    assert {"compact_cnn", "resnet18", "timm/test_convnext"} <= set(everything)

@@ -261,16 +261,21 @@ def test_exports_predict_what_pytorch_does_and_carry_the_preprocessing(quickstar
     assert json.loads(extra["harness.json"])["classes"] == meta["classes"]
 
 
-def test_an_export_without_its_extra_says_what_to_install(tmp_path):
-    hidden = tmp_path / "hidden"  # an onnxruntime that cannot be imported, as if it were not installed
+@pytest.mark.parametrize("module, command, message", [
+    ("onnxruntime", ["harness/export.py", "--run", "{run}", "--format", "onnx"],
+     "--format onnx needs onnxruntime, not installed: pip install -e '.[export]'"),
+    ("timm", ["harness/train.py", "--config", str(DIGITS), "--output-dir", "{run}", "model.name=timm/resnet18"],
+     "model.name: timm/resnet18 needs timm, not installed: pip install -e '.[timm]'"),
+])
+def test_a_missing_extra_is_one_line_saying_what_to_install(tmp_path, module, command, message):
+    hidden = tmp_path / "hidden"  # a module that cannot be imported, as if it were not installed
     hidden.mkdir()
-    (hidden / "onnxruntime.py").write_text("raise ImportError('not installed')\n")
+    (hidden / f"{module}.py").write_text("raise ImportError('not installed')\n")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("data: {builtin: digits}\n")
-    result = subprocess.run([*PYTHON, "harness/export.py", "--run", str(tmp_path / "run"), "--format", "onnx"],
+    result = subprocess.run([*PYTHON, *[part.replace("{run}", str(tmp_path / "run")) for part in command]],
                             env={**os.environ, "PYTHONPATH": str(hidden)}, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip() == (
-        "error: --format onnx needs onnxruntime, not installed: pip install -e '.[export]'")
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {message}"
 
 
 @pytest.mark.slow
