@@ -27,6 +27,7 @@ from harness.checkpoint import clean_temporary
 from harness.config import Config
 from harness.data import ImageListDataset, build_loader, build_transform, eval_loader, image_cache
 from harness.evaluation import match_buffers_to_params
+from harness.image_cache import ImageCache
 from harness.models import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler, updates_per_epoch
 from harness.plan import RunPlan
@@ -73,7 +74,7 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     else:  # found and checked once, so that every process trains on exactly the same images
         splits = on_main(accelerator, lambda: discover_splits(cfg.data, root))
     train_loader, eval_loaders = build_loaders(cfg, splits)
-    model = _model(cfg, len(splits.classes))
+    model = make_model(cfg, len(splits.classes))
     optimizer = build_optimizer(cfg.optim, model)
     criterion = build_criterion(cfg.loss, splits.class_counts("train")).to(accelerator.device)
 
@@ -120,16 +121,20 @@ def build_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[str
     read every epoch (train, val) keep their workers. A split's image cache serves both its loaders."""
     caches = {split: image_cache(cfg.data.cache, splits.root, samples, cfg.data)
               for split, samples in splits.splits.items()}
-    train_set = ImageListDataset(splits.root, splits.splits["train"], build_transform(cfg.data, train=True),
-                                 augment_seed=cfg.train.seed, max_pixels=cfg.data.max_image_pixels,
-                                 cache=caches["train"])
-    train_loader = build_loader(train_set, cfg.train.batch_size, num_workers=loader_workers(cfg.data),
-                                seed=cfg.train.seed, shuffle=True, persistent=True)
+    train_loader = build_train_loader(cfg, splits, caches["train"])
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
     eval_loaders = {split: eval_loader(cfg.data, splits.root, samples, batch_size, cfg.train.seed,
                                        cache=caches[split], persistent=split == "val")
                     for split, samples in splits.splits.items()}
     return train_loader, eval_loaders
+
+
+def build_train_loader(cfg: Config, splits: DataSplits, cache: ImageCache | None) -> DataLoader:
+    """The shuffled, augmented loader of the train split, its workers kept across epochs."""
+    train_set = ImageListDataset(splits.root, splits.splits["train"], build_transform(cfg.data, train=True),
+                                 augment_seed=cfg.train.seed, max_pixels=cfg.data.max_image_pixels, cache=cache)
+    return build_loader(train_set, cfg.train.batch_size, num_workers=loader_workers(cfg.data), seed=cfg.train.seed,
+                        shuffle=True, persistent=True)
 
 
 def _announce(rundir: RunDir, env: dict, root: Path, splits: DataSplits, cfg: Config) -> list[str]:
@@ -146,7 +151,8 @@ def _announce(rundir: RunDir, env: dict, root: Path, splits: DataSplits, cfg: Co
     return notes
 
 
-def _model(cfg: Config, num_classes: int) -> nn.Module:
+def make_model(cfg: Config, num_classes: int) -> nn.Module:
+    """The model of ``model.*``, in its memory format, compiled with ``train.compile``."""
     model = build_model(cfg.model, num_classes)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -2,19 +2,22 @@
 early stopping (``train.early_stopping``)."""
 
 import json
+import re
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import (DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, history_metrics, pointer, rows, run_train, summary,
+from conftest import (DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, launch, history_metrics, pointer, rows, run_train, summary,
                       weights)
 from accelerate.utils import set_seed
 
 from harness.averaging import WeightAverage
 from harness.config import EmaConfig, MixupConfig, load_config
+from harness.lr_finder import suggestion
 from harness.mixing import BatchMixer
 from harness.models import build_model, classifier
 from harness.restore import weights_only
@@ -220,3 +223,26 @@ def test_list_models_names_torchvision_custom_and_timm_models():
     everything = subprocess.run([*PYTHON, "harness/train.py", "--list-models"], cwd=REPO, capture_output=True,
                                 text=True, check=True).stdout.split()
     assert {"compact_cnn", "resnet18", "timm/test_convnext"} <= set(everything)
+
+
+@pytest.mark.slow
+def test_the_lr_finder_suggests_the_same_rate_with_one_or_two_processes_and_touches_no_run(env, tmp_path):
+    """The same global batch (1 process of 32, 2 of 16) sweeps the same data: the same losses (up to float
+    rounding, which a sweep into unstable rates amplifies into other curves) and the same suggestion. GroupNorm,
+    whose statistics are per sample, keeps the two forward passes the same."""
+    common = ["--config", DIGITS, "train.deterministic=true", "model.kwargs.norm=group", "optim.name=sgd", "--steps", "150",
+              "--start-lr", "1e-3", "--end-lr", "3"]
+    one = launch("lr_find.py", [*common, "train.batch_size=32", "--out", tmp_path / "one"], env)
+    two = launch("lr_find.py", [*common, "train.batch_size=16", "--out", tmp_path / "two"], env, launcher=DDP)
+    first, second = rows(tmp_path / "one" / "lr_find.csv"), rows(tmp_path / "two" / "lr_find.csv")
+    assert len(first) == len(second) >= 10 and [r["lr"] for r in first] == [r["lr"] for r in second]
+    said = [float(re.search(r"suggested optim.lr (\S+) ", result.stdout).group(1)) for result in (one, two)]
+    rates = np.array([float(r["lr"]) for r in first])
+    smoothed = np.array([float(r["smoothed_loss"]) for r in first])
+    assert said[0] == said[1] == pytest.approx(suggestion(rates, smoothed), rel=1e-3) and 1e-3 < said[0] < 3
+    # the same losses, up to the order of float sums (which training amplifies step by step)
+    upto = int(np.searchsorted(rates, said[0])) + 1
+    assert np.allclose([float(r["loss"]) for r in first[:upto]], [float(r["loss"]) for r in second[:upto]], rtol=1e-2)
+    # nothing but its own two files: no run directory, no checkpoint
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["lr_find.csv", "lr_find.csv", "lr_find.png",
+                                                           "lr_find.png", "one", "two"]

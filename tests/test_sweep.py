@@ -10,6 +10,7 @@ import yaml
 from harness.compare import compare_table, format_table
 from harness.config import load_config
 from harness.errors import ConfigError
+from harness.run_name import run_name_for
 from harness.sweep import load_sweep
 from harness.sweep import main as sweep_main
 
@@ -31,6 +32,14 @@ def test_a_grid_gives_every_combination_in_order_and_values_read_back_as_written
     cfg = load_config(DIGITS, runs[3])
     assert (cfg.optim.lr, cfg.optim.name, cfg.data.mean) == (0.1, "sgd", [0.5, 0.5, 0.5])
     assert load_config(DIGITS, runs[0]).optim.lr == 1e-4
+
+
+def test_the_shipped_kfold_sweep_runs_every_fold_each_in_a_run_of_its_own():
+    runs = load_sweep(REPO / "sweeps" / "kfold5.yaml")
+    folds = [load_config(DIGITS, overrides).data for overrides in runs]
+    assert [(data.folds, data.fold) for data in folds] == [(5, fold) for fold in range(5)]
+    names = [run_name_for(load_config(DIGITS, overrides), overrides) for overrides in runs]
+    assert names == [f"digits_fold{fold}_folds5" for fold in range(5)]
 
 
 def test_runs_are_listed_one_by_one(tmp_path):

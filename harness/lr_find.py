@@ -1,0 +1,44 @@
+"""LR finder: ``accelerate launch -q --config_file launch_configs/cpu.yaml harness/lr_find.py --config configs/x.yaml [section.key=value ...]``.
+
+The entry point only parses the command line; ``harness.lr_finder`` does the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from harness.cli import run_cli  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Sweep the learning rate exponentially over a few hundred optimizer updates of a config's "
+                    "training (no run is created or changed): the loss per learning rate, a plot and a suggestion.")
+    parser.add_argument("--config", required=True, help="run config (YAML)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    parser.add_argument("--start-lr", type=float, default=1e-7, help="default 1e-7")
+    parser.add_argument("--end-lr", type=float, default=10.0, help="default 10")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer updates (default 100)")
+    parser.add_argument("--out", help="output folder (default: lr_find/<config name>)")
+    args = parser.parse_intermixed_args(argv)
+    if not 0 < args.start_lr < args.end_lr:
+        parser.error("--start-lr and --end-lr: need 0 < start < end")
+    if args.steps < 10:
+        parser.error("--steps: at least 10")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # before the heavy imports: --help and usage errors answer at once
+    from harness.lr_finder import find_lr
+
+    return run_cli(lambda: find_lr(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
