@@ -64,6 +64,12 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
     return accelerator
 
 
+def bare(model):
+    """The module inside a DDP wrapper or a DeepSpeed engine (accelerate's unwrap_model imports DeepSpeed, 2 s,
+    wherever it is installed)."""
+    return getattr(model, "module", model)
+
+
 def zero_stage(accelerator: Accelerator) -> int | None:
     """DeepSpeed's ZeRO stage (0 to 3); None without DeepSpeed."""
     plugin = accelerator.state.deepspeed_plugin

@@ -15,12 +15,8 @@ from typing import Iterator
 
 import torch
 
+from harness.accel import bare
 from harness.config import EmaConfig
-
-
-def bare(model):
-    """The module inside a DDP wrapper or a DeepSpeed engine (accelerate's unwrap_model imports DeepSpeed)."""
-    return getattr(model, "module", model)
 
 
 class WeightAverage:

@@ -16,8 +16,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch.nn.parallel import DistributedDataParallel
 
+from harness.accel import bare
 from harness.atomic import atomic_path, write_atomic
 from harness.config import Config
 from harness.errors import CheckpointError, StorageError, one_line
@@ -37,8 +37,8 @@ def export_weights(accelerator: Accelerator, model, run: RunDir, name: str, meta
     """Write weights/<name>.safetensors and weights/meta.json. Every process must call it."""
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions; a collective
-    else:  # unwrapped here: accelerate's unwrap_model imports DeepSpeed (2 s) wherever it is installed
-        state_dict = (model.module if isinstance(model, DistributedDataParallel) else model).state_dict()
+    else:
+        state_dict = bare(model).state_dict()
     if not accelerator.is_main_process:
         return
     tensors = {
