@@ -12,7 +12,7 @@ from accelerate.utils import broadcast
 from harness.config import DataConfig
 from harness.workers import batches_of
 from harness.metrics import Predictions
-from harness.tta import View, mean_log_probabilities
+from harness.tta import TTA_SETS, View, mean_log_probabilities
 
 TOP_K = 5
 
@@ -72,7 +72,7 @@ def evaluate(accelerator: Accelerator, model, loader, inputs: ModelInputs, views
         for images, labels, indices in batches_of(loader):
             x = inputs(images)
             with accelerator.autocast():
-                logits = [member(view(x)) for member in models for view in views or [lambda v: v]]
+                logits = [member(view(x)) for member in models for view in views or TTA_SETS["identity"]]
             log_probs = mean_log_probabilities([each.float().log_softmax(dim=1) for each in logits])
             probs = log_probs.exp()
             top = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
