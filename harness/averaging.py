@@ -15,8 +15,8 @@ from typing import Iterator
 
 import torch
 
-from harness.accel import bare
 from harness.config import EmaConfig
+from harness.runtime.accelerator import bare
 
 
 class WeightAverage:

@@ -20,7 +20,6 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from harness.accel import environment, log_to_file, on_main, size_deepspeed_buckets
 from harness.averaging import WeightAverage
 from harness.builtin import data_root
 from harness.checkpoint import clean_temporary
@@ -34,6 +33,10 @@ from harness.plan import RunPlan
 from harness.reporting import Reporter
 from harness.restore import load_checkpoint
 from harness.rundir import RunDir
+from harness.runtime.accelerator import environment
+from harness.runtime.collective import on_main
+from harness.runtime.deepspeed import size_deepspeed_buckets
+from harness.runtime.logs import log_to_file
 from harness.splits import DataSplits, discover_splits
 from harness.state import TrainState
 from harness.summary import RunSummary
@@ -89,8 +92,8 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
                                 updates_per_epoch(len(train_loader), cfg.train.grad_accum_steps),
                                 cfg.model.freeze_backbone_epochs)
     # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
-    size_deepspeed_buckets(accelerator, model)
     parameters = num_parameters(model)  # before ZeRO-3 partitions them
+    size_deepspeed_buckets(accelerator, parameters)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     match_buffers_to_params(model)
     averaging = WeightAverage(cfg.train.ema, model) if cfg.train.ema else None

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from harness.accel import first_failure
 from harness.atomic import fsync, write_atomic
 from harness.errors import StorageError
 from harness.rundir import RunDir
+from harness.runtime.collective import first_failure
 from harness.state import TrainState
 
 logger = logging.getLogger(__name__)

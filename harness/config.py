@@ -20,8 +20,8 @@ import yaml
 
 from harness.atomic import write_atomic
 from harness.errors import ConfigError
-from harness.rules import (FRACTION, OPEN_FRACTION, POSITIVE, PROBABILITY, SHARE, InvalidValue, Rule, Section,
-                           at_least, count, rule)
+from harness.rules import (FRACTION, OPEN_FRACTION, POSITIVE, PROBABILITY, SHARE, InvalidValue, Rule, Section, at_least,
+                           count, rule)
 from harness.typed import build_typed
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

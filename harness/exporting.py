@@ -20,7 +20,6 @@ from typing import Callable
 
 import torch
 
-from harness.accel import setup_logging
 from harness.api import trained_model
 from harness.atomic import atomic_path, write_atomic
 from harness.builtin import data_root
@@ -29,6 +28,7 @@ from harness.data import eval_loader
 from harness.errors import CheckpointError, DataError, ExportMismatch, MissingDependency
 from harness.evaluation import ModelInputs
 from harness.rundir import RunDir
+from harness.runtime.logs import setup_logging
 from harness.splits import DataSplits
 from harness.workers import batches_of
 

@@ -16,9 +16,9 @@ import time
 
 from accelerate import Accelerator
 
-from harness.accel import on_main
 from harness.errors import CheckpointError
 from harness.rundir import RunDir
+from harness.runtime.collective import on_main
 
 
 class RunLock:

@@ -22,7 +22,6 @@ from typing import Iterator
 import numpy as np
 from accelerate.utils import set_seed
 
-from harness.accel import build_accelerator, leave_together, on_main, setup_logging
 from harness.atomic import atomic_path
 from harness.build import build_train_loader, make_model
 from harness.builtin import data_root
@@ -31,6 +30,9 @@ from harness.data import image_cache
 from harness.evaluation import ModelInputs
 from harness.optim import build_criterion, build_optimizer
 from harness.plots import save_png
+from harness.runtime.accelerator import build_accelerator
+from harness.runtime.collective import leave_together, on_main
+from harness.runtime.logs import setup_logging
 from harness.splits import discover_splits
 from harness.workers import batches_of
 

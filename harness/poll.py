@@ -20,7 +20,7 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from harness.config import Config
-from harness.signals import StopRequest
+from harness.runtime.signals import StopRequest
 
 
 class Poll(NamedTuple):

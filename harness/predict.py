@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 
-from harness.accel import build_accelerator, leave_together, setup_logging
 from harness.api import trained_model
 from harness.atomic import write_atomic
 from harness.builtin import data_root
@@ -22,8 +21,11 @@ from harness.evaluation import ModelInputs, evaluate
 from harness.images import bad_images, image_files
 from harness.metrics import Predictions
 from harness.reporting import write_split_outputs
-from harness.rundir import RunDir
 from harness.run_name import name_value
+from harness.rundir import RunDir
+from harness.runtime.accelerator import build_accelerator
+from harness.runtime.collective import leave_together
+from harness.runtime.logs import setup_logging
 from harness.splits import DataSplits, Samples
 from harness.tta import TTA_SETS
 

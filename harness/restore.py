@@ -20,10 +20,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import load
 
-from harness.accel import first_failure
 from harness.checkpoint import STATE, read_marker, verify
 from harness.errors import CheckpointError
 from harness.rundir import RunDir
+from harness.runtime.collective import first_failure
 from harness.state import TrainState
 from harness.typed import build_typed
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import logging
 
-from harness.accel import build_accelerator, leave_together, setup_logging, zero_stage
 from harness.build import Run, build_run
 from harness.errors import describe
 from harness.lock import RunLock
 from harness.plan import resolve_run
-from harness.signals import TrainingInterrupted
+from harness.runtime.accelerator import build_accelerator
+from harness.runtime.collective import leave_together
+from harness.runtime.deepspeed import zero_stage
+from harness.runtime.logs import setup_logging
+from harness.runtime.signals import TrainingInterrupted
 from harness.summary import record_failure
 from harness.trainer import Trainer
 

@@ -25,7 +25,7 @@ from harness.metrics import Predictions
 from harness.mixing import BatchMixer
 from harness.poll import Poll, Poller
 from harness.probes import LoopProbes
-from harness.signals import StopRequest, TrainingInterrupted
+from harness.runtime.signals import StopRequest, TrainingInterrupted
 from harness.weights import copy_weights, export_weights
 from harness.workers import release_workers
 

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-import torch
 
-from harness.accel import DEEPSPEED_BUCKETS, cpu_threads, size_deepspeed_buckets
 from harness.errors import LaunchError
+from harness.runtime.deepspeed import DEEPSPEED_BUCKETS, size_deepspeed_buckets
+from harness.runtime.threads import cpu_threads
 
 
 def with_deepspeed(config: dict):
@@ -16,16 +16,15 @@ def with_deepspeed(config: dict):
 
 
 def test_deepspeed_buckets_hold_at_most_the_model_and_set_sizes_are_kept():
-    model = torch.nn.Linear(10, 3)  # 33 parameters
     config = {"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto", "allgather_bucket_size": 12345}}
-    size_deepspeed_buckets(with_deepspeed(config), model)
+    size_deepspeed_buckets(with_deepspeed(config), 33)  # a model of 33 parameters
     assert config["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 33, "allgather_bucket_size": 12345,
                                            "stage3_prefetch_bucket_size": 33}
     big = {}
-    size_deepspeed_buckets(with_deepspeed(big), torch.nn.Embedding(60_000, 1_000))  # 6e7 parameters
+    size_deepspeed_buckets(with_deepspeed(big), 60_000 * 1_000)  # an embedding of 6e7 parameters
     assert big["zero_optimization"] == {**DEEPSPEED_BUCKETS, "reduce_bucket_size": 60_000_000,
                                         "allgather_bucket_size": 60_000_000}
-    size_deepspeed_buckets(SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)), model)  # no DeepSpeed
+    size_deepspeed_buckets(SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)), 33)  # no DeepSpeed
 
 
 def test_cpu_threads_are_the_share_of_the_cores_or_what_the_environment_says(monkeypatch):

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from harness.atomic import write_atomic
-from harness.checkpoint import (MARKER, clean_temporary, latest_checkpoint, manifest, read_pointer, rotate, save_checkpoint,
-                                verify)
+from harness.checkpoint import (MARKER, clean_temporary, latest_checkpoint, manifest, read_pointer, rotate,
+                                save_checkpoint, verify)
 from harness.errors import CheckpointError
 from harness.plan import resolve_checkpoint
 from harness.rundir import RunDir

@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from harness.config import Config, EarlyStoppingConfig, EmaConfig, MixupConfig, load_config, parse_override
-from harness.run_name import run_name_for
 from harness.errors import ConfigError
+from harness.run_name import run_name_for
 
 from conftest import DIGITS
 

@@ -13,13 +13,13 @@ from torchvision import transforms as T
 
 from harness.builtin import builtin_root
 from harness.config import DataConfig, load_config
-from harness.run_name import run_name_for
 from harness.data import ImageListDataset, build_loader, build_transform, collate, eval_loader
-from harness.workers import _init_worker, batches_of, loader_workers
+from harness.errors import ConfigError, DataError
 from harness.evaluation import ModelInputs
 from harness.images import load_image
+from harness.run_name import run_name_for
 from harness.splits import DataSplits, discover_splits
-from harness.errors import ConfigError, DataError
+from harness.workers import _init_worker, batches_of, loader_workers
 
 from conftest import DIGITS, make_image_folder
 

@@ -7,7 +7,7 @@ import torch
 
 from harness.config import Config
 from harness.poll import Poller
-from harness.signals import StopRequest
+from harness.runtime.signals import StopRequest
 
 
 def poller(**train) -> tuple[Poller, StopRequest]:

@@ -11,9 +11,9 @@ import pytest
 from accelerate.utils import DistributedType
 from PIL import Image
 
-from harness.accel import check_world
 from harness.builtin import builtin_root
 from harness.errors import LaunchError
+from harness.runtime.accelerator import check_world
 
 from conftest import (DIGITS, FAST, PYTHON, REPO, assert_same_weights, launch, make_image_folder, pointer, rows,
                       run_train, summary)

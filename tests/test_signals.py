@@ -3,7 +3,7 @@ import signal
 import subprocess
 import sys
 
-from harness.signals import StopRequest
+from harness.runtime.signals import StopRequest
 
 
 def test_a_stop_signal_is_recorded_and_repeats_from_launchers_are_the_same_request():
@@ -21,7 +21,7 @@ def test_a_stop_signal_is_recorded_and_repeats_from_launchers_are_the_same_reque
 def test_a_second_ctrl_c_later_exits_at_once():
     script = (
         "import os, signal, time\n"
-        "from harness.signals import StopRequest\n"
+        "from harness.runtime.signals import StopRequest\n"
         "stop = StopRequest().install()\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"
         "assert stop.signum == signal.SIGINT\n"

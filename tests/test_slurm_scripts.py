@@ -93,7 +93,7 @@ def test_a_job_names_its_run_after_the_job_and_an_array_task_after_its_task():
 
 SLOW_SAVE = """
 import os, pathlib, sys, time
-from harness.signals import StopRequest
+from harness.runtime.signals import StopRequest
 
 stop = StopRequest().install()  # as the training loop does
 pathlib.Path(sys.argv[1]).write_text(str(os.getpgid(0)))

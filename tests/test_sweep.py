@@ -11,8 +11,7 @@ from harness.compare import compare_table, format_table
 from harness.config import load_config
 from harness.errors import ConfigError
 from harness.run_name import run_name_for
-from harness.sweep import load_sweep
-from harness.sweep import main as sweep_main
+from harness.sweep import load_sweep, main as sweep_main
 
 from conftest import DIGITS, REPO
 

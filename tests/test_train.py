@@ -19,10 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from harness.accel import share_of_cores
 from harness.builtin import builtin_root
 from harness.config import load_config
 from harness.optim import lr_per_update
+from harness.runtime.threads import share_of_cores
 from harness.weights import load_weights
 
 from conftest import CPU_LAUNCH, DIGITS, FAST, PYTHON, REPO, make_image_folder, marker, pointer, rows, run_infer, run_train, summary

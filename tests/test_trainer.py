@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 
-from harness.accel import build_accelerator
 from harness.build import build_run
 from harness.checkpoint import read_marker, step_folders
 from harness.config import load_config
@@ -16,7 +15,8 @@ from harness.errors import TrainingDiverged
 from harness.plan import RunPlan
 from harness.run import execute
 from harness.rundir import RunDir
-from harness.signals import TrainingInterrupted
+from harness.runtime.accelerator import build_accelerator
+from harness.runtime.signals import TrainingInterrupted
 from harness.trainer import Trainer
 
 from conftest import make_image_folder

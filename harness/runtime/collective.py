@@ -1,0 +1,50 @@
+"""What the processes of a run decide and end together: a decision made on the main process for all, a failure
+on any process that every process stops on, and a common exit."""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
+
+from harness.errors import UserError, one_line
+
+T = TypeVar("T")
+
+
+def on_main(accelerator: Accelerator, compute: Callable[[], T]) -> T:
+    """``compute()`` on the main process only; every process gets its result (the same object), or raises
+    the UserError it raised. For decisions that must be identical everywhere (the data, the run lock)."""
+    if accelerator.num_processes == 1:
+        return compute()
+    box: list = [None]
+    if accelerator.is_main_process:
+        try:
+            box = [(compute(), None)]
+        except UserError as error:
+            box = [(None, error)]
+    broadcast_object_list(box)
+    result, error = box[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def first_failure(accelerator: Accelerator, action: Callable[[], T]) -> tuple[T | None, str | None]:
+    """``action()`` on every process: its result, and the first failure on any process (as one line), the
+    same on every process (a collective), so that all of them stop together and say the same."""
+    try:
+        result, failure = action(), None
+    except Exception as error:  # libraries raise their own types for damaged files and failed writes
+        result, failure = None, one_line(error)
+    failures = gather_object([failure]) if accelerator.num_processes > 1 else [failure]
+    return result, next((message for message in failures if message), None)
+
+
+def leave_together(accelerator: Accelerator) -> None:
+    """Every process waits for the others, then the process group is torn down. A process that exits while
+    another still writes reports can take the job down with it (DeepSpeed's shared-memory transport aborts),
+    and one that exits with its gloo group still alive can abort in its interpreter's teardown."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
