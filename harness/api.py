@@ -21,7 +21,7 @@ from harness.errors import CheckpointError, DataError
 from harness.evaluation import ModelInputs
 from harness.images import image_files, load_image, to_rgb
 from harness.models import build_model
-from harness.rundir import RunDir
+from harness.storage.rundir import RunDir
 from harness.weights import load_weights
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]

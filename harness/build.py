@@ -32,13 +32,13 @@ from harness.optim import build_criterion, build_optimizer, build_scheduler, upd
 from harness.plan import RunPlan
 from harness.reporting import Reporter
 from harness.restore import load_checkpoint
-from harness.rundir import RunDir
 from harness.runtime.accelerator import environment
 from harness.runtime.collective import on_main
 from harness.runtime.deepspeed import size_deepspeed_buckets
 from harness.runtime.logs import log_to_file
 from harness.splits import DataSplits, discover_splits
 from harness.state import TrainState
+from harness.storage.rundir import RunDir
 from harness.summary import RunSummary
 from harness.weights import weights_metadata
 from harness.workers import loader_workers

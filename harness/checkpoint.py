@@ -30,11 +30,11 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from harness.atomic import fsync, write_atomic
 from harness.errors import StorageError
-from harness.rundir import RunDir
 from harness.runtime.collective import first_failure
 from harness.state import TrainState
+from harness.storage.atomic import fsync, write_atomic
+from harness.storage.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 

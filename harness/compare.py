@@ -22,7 +22,7 @@ import yaml  # noqa: E402
 
 from harness.cli import run_cli  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
-from harness.rundir import RunDir  # noqa: E402
+from harness.storage.rundir import RunDir
 
 SKIPPED_BEST = ("best_epoch", "best_checkpoint")
 

@@ -18,10 +18,10 @@ from typing import Any, Dict, List, Literal, Optional
 
 import yaml
 
-from harness.atomic import write_atomic
 from harness.errors import ConfigError
 from harness.rules import (FRACTION, OPEN_FRACTION, POSITIVE, PROBABILITY, SHARE, InvalidValue, Rule, Section, at_least,
                            count, rule)
+from harness.storage.atomic import write_atomic
 from harness.typed import build_typed
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

@@ -21,15 +21,15 @@ from typing import Callable
 import torch
 
 from harness.api import trained_model
-from harness.atomic import atomic_path, write_atomic
 from harness.builtin import data_root
 from harness.config import load_config
 from harness.data import eval_loader
 from harness.errors import CheckpointError, DataError, ExportMismatch, MissingDependency
 from harness.evaluation import ModelInputs
-from harness.rundir import RunDir
 from harness.runtime.logs import setup_logging
 from harness.splits import DataSplits
+from harness.storage.atomic import atomic_path, write_atomic
+from harness.storage.rundir import RunDir
 from harness.workers import batches_of
 
 logger = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ import time
 from accelerate import Accelerator
 
 from harness.errors import CheckpointError
-from harness.rundir import RunDir
 from harness.runtime.collective import on_main
+from harness.storage.rundir import RunDir
 
 
 class RunLock:

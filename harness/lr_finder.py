@@ -22,7 +22,6 @@ from typing import Iterator
 import numpy as np
 from accelerate.utils import set_seed
 
-from harness.atomic import atomic_path
 from harness.build import build_train_loader, make_model
 from harness.builtin import data_root
 from harness.config import load_config
@@ -34,6 +33,7 @@ from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together, on_main
 from harness.runtime.logs import setup_logging
 from harness.splits import discover_splits
+from harness.storage.atomic import atomic_path
 from harness.workers import batches_of
 
 logger = logging.getLogger(__name__)

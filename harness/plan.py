@@ -15,7 +15,7 @@ from harness.config import Config, load_config
 from harness.epoch import stopped_early_at
 from harness.errors import CheckpointError
 from harness.run_name import checked_run_name, run_name_for
-from harness.rundir import RunDir
+from harness.storage.rundir import RunDir
 
 START_OVER_HINT = "--run-name NAME starts another run, --force starts over in it (deleting it)"
 

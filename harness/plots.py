@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.atomic import atomic_path
+from harness.storage.atomic import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

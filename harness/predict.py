@@ -11,7 +11,6 @@ from pathlib import Path
 
 
 from harness.api import trained_model
-from harness.atomic import write_atomic
 from harness.builtin import data_root
 from harness.compare import format_table
 from harness.config import Config, load_config
@@ -22,11 +21,12 @@ from harness.images import bad_images, image_files
 from harness.metrics import Predictions
 from harness.reporting import write_split_outputs
 from harness.run_name import name_value
-from harness.rundir import RunDir
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together
 from harness.runtime.logs import setup_logging
 from harness.splits import DataSplits, Samples
+from harness.storage.atomic import write_atomic
+from harness.storage.rundir import RunDir
 from harness.tta import TTA_SETS
 
 logger = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.atomic import atomic_path, write_atomic
 from harness.metrics import Predictions
 from harness.plots import confusion_figure, save_png
-from harness.rundir import RunDir
+from harness.storage.atomic import atomic_path, write_atomic
+from harness.storage.rundir import RunDir
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
                    "train_images_per_second", "val_images_per_second", "data_wait"]

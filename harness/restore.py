@@ -22,9 +22,9 @@ from accelerate.utils import load
 
 from harness.checkpoint import STATE, read_marker, verify
 from harness.errors import CheckpointError
-from harness.rundir import RunDir
 from harness.runtime.collective import first_failure
 from harness.state import TrainState
+from harness.storage.rundir import RunDir
 from harness.typed import build_typed
 
 T = TypeVar("T")

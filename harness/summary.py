@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from harness.atomic import write_atomic
 from harness.epoch import chosen_weights
-from harness.rundir import RunDir
 from harness.state import TrainState
+from harness.storage.atomic import write_atomic
+from harness.storage.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 

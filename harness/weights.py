@@ -17,11 +17,11 @@ from accelerate.utils import DistributedType
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from harness.atomic import atomic_path, write_atomic
 from harness.config import Config
 from harness.errors import CheckpointError, StorageError, one_line
-from harness.rundir import RunDir
 from harness.runtime.accelerator import bare
+from harness.storage.atomic import atomic_path, write_atomic
+from harness.storage.rundir import RunDir
 
 
 def weights_metadata(cfg: Config, classes: list[str], run_name: str, mixed_precision: str) -> dict:

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from harness.atomic import atomic_path, write_atomic
+from harness.storage.atomic import atomic_path, write_atomic
 
 
 def test_write_replaces_the_content_and_leaves_no_temporary_file(tmp_path):

@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.atomic import write_atomic
 from harness.checkpoint import (MARKER, clean_temporary, latest_checkpoint, manifest, read_pointer, rotate,
                                 save_checkpoint, verify)
 from harness.errors import CheckpointError
 from harness.plan import resolve_checkpoint
-from harness.rundir import RunDir
 from harness.state import TrainState
+from harness.storage.atomic import write_atomic
+from harness.storage.rundir import RunDir
 
 from conftest import (DIGITS, FAST, PYTHON, assert_same_weights, fake_checkpoint, marker, plant, pointer, run_train,
                       summary)
@@ -118,7 +118,7 @@ def save_all(run: RunDir, accelerator: OneProcess, done: list[str]) -> None:
 
 
 def test_latest_never_names_an_incomplete_checkpoint_wherever_a_save_stops(tmp_path, monkeypatch):
-    for module in ("harness.atomic", "harness.checkpoint"):  # durability is not what this test is about: fast
+    for module in ("harness.storage.atomic", "harness.checkpoint"):  # durability is not what this test is about: fast
         monkeypatch.setattr(f"{module}.fsync", lambda path: None)
     with monkeypatch.context() as patch:
         counted = OneProcess(patch)

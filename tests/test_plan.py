@@ -8,7 +8,7 @@ import yaml
 from harness.config import load_config
 from harness.errors import CheckpointError, ConfigError
 from harness.plan import first_difference, resolve_run
-from harness.rundir import RunDir
+from harness.storage.rundir import RunDir
 from harness.train import parse_args
 
 from conftest import DIGITS, fake_checkpoint

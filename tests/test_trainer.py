@@ -14,9 +14,9 @@ from harness.config import load_config
 from harness.errors import TrainingDiverged
 from harness.plan import RunPlan
 from harness.run import execute
-from harness.rundir import RunDir
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.signals import TrainingInterrupted
+from harness.storage.rundir import RunDir
 from harness.trainer import Trainer
 
 from conftest import make_image_folder

@@ -1,0 +1,1 @@
+"""Files on disk: each replaced whole, and the layout of a run directory."""
