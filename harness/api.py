@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.config import DataConfig, ModelConfig
+from harness.config.schema import DataConfig, ModelConfig
 from harness.data import build_transform
 from harness.errors import CheckpointError, DataError
 from harness.evaluation import ModelInputs

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from harness.config import EmaConfig
+from harness.config.schema import EmaConfig
 from harness.runtime.accelerator import bare
 
 

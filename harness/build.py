@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from harness.averaging import WeightAverage
 from harness.builtin import data_root
 from harness.checkpoint import clean_temporary
-from harness.config import Config
+from harness.config.schema import Config
 from harness.data import ImageListDataset, build_loader, build_transform, eval_loader, image_cache
 from harness.evaluation import match_buffers_to_params
 from harness.image_cache import ImageCache

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness.config import DataConfig
+from harness.config.schema import DataConfig
 from harness.splits import stratified_split
 
 DIGITS_VERSION = "digits-v1"

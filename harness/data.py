@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision import transforms as T
 
-from harness.config import DataConfig
+from harness.config.schema import DataConfig
 from harness.errors import ConfigError
 from harness.image_cache import ImageCache, build_cache
 from harness.images import load_image

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from accelerate import Accelerator
 
-from harness.config import EarlyStoppingConfig
+from harness.config.schema import EarlyStoppingConfig
 from harness.metrics import Predictions
 from harness.workers import batches_of
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast
 
-from harness.config import DataConfig
+from harness.config.schema import DataConfig
 from harness.metrics import Predictions
 from harness.tta import TTA_SETS, View, mean_log_probabilities
 from harness.workers import batches_of

@@ -22,7 +22,7 @@ import torch
 
 from harness.api import trained_model
 from harness.builtin import data_root
-from harness.config import load_config
+from harness.config.loading import load_config
 from harness.data import eval_loader
 from harness.errors import CheckpointError, DataError, ExportMismatch, MissingDependency
 from harness.evaluation import ModelInputs

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from harness.config import DataConfig
+from harness.config.schema import DataConfig
 from harness.images import PROGRESS_FROM, load_image
 
 logger = logging.getLogger(__name__)

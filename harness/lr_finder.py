@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 
 from harness.build import build_train_loader, make_model
 from harness.builtin import data_root
-from harness.config import load_config
+from harness.config.loading import load_config
 from harness.data import image_cache
 from harness.evaluation import ModelInputs
 from harness.optim import build_criterion, build_optimizer

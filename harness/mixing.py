@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from harness.config import MixupConfig
+from harness.config.schema import MixupConfig
 
 
 def _batch_seed(seed: int, epoch: int, batch: int, process: int) -> int:

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from harness.config import ModelConfig
+from harness.config.schema import ModelConfig
 from harness.errors import ConfigError, MissingDependency
 
 CUSTOM_MODELS: dict[str, Callable[..., nn.Module]] = {}

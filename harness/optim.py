@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from harness.config import LossConfig, OptimConfig, SchedulerConfig
+from harness.config.schema import LossConfig, OptimConfig, SchedulerConfig
 from harness.errors import ConfigError
 from harness.models import classifier
 

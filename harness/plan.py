@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.checkpoint import STATE, latest_checkpoint, read_marker, read_pointer, verify
-from harness.config import Config, load_config
+from harness.config.loading import load_config
+from harness.config.naming import checked_run_name, run_name_for
+from harness.config.schema import Config
 from harness.epoch import stopped_early_at
 from harness.errors import CheckpointError
-from harness.run_name import checked_run_name, run_name_for
 from harness.storage.rundir import RunDir
 
 START_OVER_HINT = "--run-name NAME starts another run, --force starts over in it (deleting it)"

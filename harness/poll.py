@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from harness.config import Config
+from harness.config.schema import Config
 from harness.runtime.signals import StopRequest
 
 

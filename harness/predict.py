@@ -13,14 +13,15 @@ from pathlib import Path
 from harness.api import trained_model
 from harness.builtin import data_root
 from harness.compare import format_table
-from harness.config import Config, load_config
+from harness.config.loading import load_config
+from harness.config.naming import name_value
+from harness.config.schema import Config
 from harness.data import eval_loader, image_cache
 from harness.errors import CheckpointError, DataError
 from harness.evaluation import ModelInputs, evaluate
 from harness.images import bad_images, image_files
 from harness.metrics import Predictions
 from harness.reporting import write_split_outputs
-from harness.run_name import name_value
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together
 from harness.runtime.logs import setup_logging

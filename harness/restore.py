@@ -21,11 +21,11 @@ from accelerate import Accelerator
 from accelerate.utils import load
 
 from harness.checkpoint import STATE, read_marker, verify
+from harness.config.typed import build_typed
 from harness.errors import CheckpointError
 from harness.runtime.collective import first_failure
 from harness.state import TrainState
 from harness.storage.rundir import RunDir
-from harness.typed import build_typed
 
 T = TypeVar("T")
 

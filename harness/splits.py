@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from harness.config import DataConfig
+from harness.config.schema import DataConfig
 from harness.errors import DataError
 from harness.images import Found, bad_images, find_images
 from harness.storage.atomic import atomic_path, write_atomic

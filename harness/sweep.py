@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from harness.cli import run_cli
-from harness.config import load_config
+from harness.config.loading import load_config
 from harness.errors import ConfigError
 
 

@@ -17,7 +17,7 @@ from accelerate.utils import DistributedType
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from harness.config import Config
+from harness.config.schema import Config
 from harness.errors import CheckpointError, StorageError, one_line
 from harness.runtime.accelerator import bare
 from harness.storage.atomic import atomic_path, write_atomic

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from harness.config import DataConfig
+from harness.config.schema import DataConfig
 
 logger = logging.getLogger(__name__)
 

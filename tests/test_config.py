@@ -3,9 +3,10 @@ import dataclasses
 import pytest
 import yaml
 
-from harness.config import Config, EarlyStoppingConfig, EmaConfig, MixupConfig, load_config, parse_override
+from harness.config.loading import load_config, parse_override
+from harness.config.naming import run_name_for
+from harness.config.schema import Config, EarlyStoppingConfig, EmaConfig, MixupConfig
 from harness.errors import ConfigError
-from harness.run_name import run_name_for
 
 from conftest import DIGITS
 

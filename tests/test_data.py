@@ -12,12 +12,13 @@ from PIL import Image
 from torchvision import transforms as T
 
 from harness.builtin import builtin_root
-from harness.config import DataConfig, load_config
+from harness.config.loading import load_config
+from harness.config.naming import run_name_for
+from harness.config.schema import DataConfig
 from harness.data import ImageListDataset, build_loader, build_transform, collate, eval_loader
 from harness.errors import ConfigError, DataError
 from harness.evaluation import ModelInputs
 from harness.images import load_image
-from harness.run_name import run_name_for
 from harness.splits import DataSplits, discover_splits
 from harness.workers import _init_worker, batches_of, loader_workers
 

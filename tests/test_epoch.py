@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import EarlyStoppingConfig
+from harness.config.schema import EarlyStoppingConfig
 from harness.epoch import (DataWait, EpochMeter, TrainedEpoch, beats, chosen_weights, epoch_record, scores,
                            stopped_early_at)
 from harness.metrics import Predictions

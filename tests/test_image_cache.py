@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.config import DataConfig
+from harness.config.schema import DataConfig
 from harness.data import ImageListDataset, build_transform, image_cache
 from harness.image_cache import Decoder, cache_folder
 from harness.splits import discover_splits

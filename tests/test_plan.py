@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from harness.config import load_config
+from harness.config.loading import load_config
 from harness.errors import CheckpointError, ConfigError
 from harness.plan import first_difference, resolve_run
 from harness.storage.rundir import RunDir

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import torch
 
-from harness.config import Config
+from harness.config.schema import Config
 from harness.poll import Poller
 from harness.runtime.signals import StopRequest
 

@@ -16,7 +16,8 @@ from conftest import (DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, laun
 from accelerate.utils import set_seed
 
 from harness.averaging import WeightAverage
-from harness.config import EmaConfig, MixupConfig, load_config
+from harness.config.loading import load_config
+from harness.config.schema import EmaConfig, MixupConfig
 from harness.lr_finder import suggestion
 from harness.mixing import BatchMixer
 from harness.models import build_model, classifier

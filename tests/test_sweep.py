@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from harness.compare import compare_table, format_table
-from harness.config import load_config
+from harness.config.loading import load_config
+from harness.config.naming import run_name_for
 from harness.errors import ConfigError
-from harness.run_name import run_name_for
 from harness.sweep import load_sweep, main as sweep_main
 
 from conftest import DIGITS, REPO

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from harness.builtin import builtin_root
-from harness.config import load_config
+from harness.config.loading import load_config
 from harness.optim import lr_per_update
 from harness.runtime.threads import share_of_cores
 from harness.weights import load_weights

@@ -10,7 +10,7 @@ import yaml
 
 from harness.build import build_run
 from harness.checkpoint import read_marker, step_folders
-from harness.config import load_config
+from harness.config.loading import load_config
 from harness.errors import TrainingDiverged
 from harness.plan import RunPlan
 from harness.run import execute

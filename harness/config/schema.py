@@ -1,28 +1,23 @@
-"""Run configuration: the typed schema that checks itself, YAML loading and dotted CLI overrides.
+"""The run configuration's schema: its sections, every key with its default, each section checking itself.
 
 A config is a YAML file with the sections below; every key has a default, so a file only names what it
-changes. Overrides on the command line use the dotted form ``section.key=value`` (the value is parsed as
-YAML: ``optim.lr=0.01``, ``train.deterministic=true``, ``data.mean=[0.5,0.5,0.5]``, ``train.clip_grad_norm=null``).
-
-Each section checks itself (``harness.rules``). Types and unknown keys are checked while the YAML is turned
-into these classes (``harness.typed``).
+changes (``harness.config.loading`` reads it). Each section checks itself (``harness.config.rules``). Types and
+unknown keys are checked while the YAML is turned into these classes (``harness.config.typed``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
 
 import yaml
 
+from harness.config.rules import (FRACTION, OPEN_FRACTION, POSITIVE, PROBABILITY, SHARE, InvalidValue, Rule, Section,
+                                  at_least, count, rule)
 from harness.errors import ConfigError
-from harness.rules import (FRACTION, OPEN_FRACTION, POSITIVE, PROBABILITY, SHARE, InvalidValue, Rule, Section, at_least,
-                           count, rule)
 from harness.storage.atomic import write_atomic
-from harness.typed import build_typed
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -233,54 +228,3 @@ class Config:
 
     def save(self, path: Path) -> None:
         write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply ``key=value`` overrides, and return the checked Config."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    apply_overrides(raw, overrides)
-    raw.setdefault("name", path.stem)
-    cfg = build_typed(Config, raw, prefix="", source=str(path))
-    cfg.check(str(path))
-    return cfg
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
-        raise ConfigError(f"override {text!r}: expected the form section.key=value, e.g. optim.lr=0.01")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
-    return key, parsed
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> None:
-    for text in overrides:
-        key, value = parse_override(text)
-        node = raw
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
-            node = child
-        node[parts[-1]] = value

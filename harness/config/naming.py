@@ -7,7 +7,8 @@ import hashlib
 import re
 from typing import Any
 
-from harness.config import Config, parse_override
+from harness.config.loading import parse_override
+from harness.config.schema import Config
 from harness.errors import CheckpointError
 
 NAME_VALUE_CHARS = 24  # a longer value is shortened in a run name, with a hash of the whole to keep names apart
