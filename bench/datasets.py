@@ -1,6 +1,6 @@
 """The data sets the benchmarks train on, made once and kept under ``--data-dir``.
 
-- ``digits``: the built-in digits (``harness.builtin``, 32x32 PNGs in train/val/test), upscaled when a larger
+- ``digits``: the built-in digits (``harness.data.builtin``, 32x32 PNGs in train/val/test), upscaled when a larger
   size is asked for, so that the harness and the plain loop read the same files;
 - ``jpeg``: ``N`` synthetic 10-class JPEGs of ``size`` pixels (quality 90; shapes, gradients and noise, so
   they decode like photographs), 80/10/10 in train/val/test.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from harness.builtin import DIGITS_SIZE, builtin_root
+from harness.data.builtin import DIGITS_SIZE, builtin_root
 
 CLASSES = 10
 

@@ -21,12 +21,15 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from harness.averaging import WeightAverage
-from harness.builtin import data_root
 from harness.checkpoint import clean_temporary
 from harness.config.schema import Config
-from harness.data import ImageListDataset, build_loader, build_transform, eval_loader, image_cache
+from harness.data.cache import ImageCache, image_cache
+from harness.data.loaders import ImageListDataset, build_loader, eval_loader
+from harness.data.source import data_root
+from harness.data.splits import DataSplits, discover_splits
+from harness.data.transforms import build_transform
+from harness.data.workers import loader_workers
 from harness.evaluation import match_buffers_to_params
-from harness.image_cache import ImageCache
 from harness.models import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler, updates_per_epoch
 from harness.plan import RunPlan
@@ -36,12 +39,10 @@ from harness.runtime.accelerator import environment
 from harness.runtime.collective import on_main
 from harness.runtime.deepspeed import size_deepspeed_buckets
 from harness.runtime.logs import log_to_file
-from harness.splits import DataSplits, discover_splits
 from harness.state import TrainState
 from harness.storage.rundir import RunDir
 from harness.summary import RunSummary
 from harness.weights import weights_metadata
-from harness.workers import loader_workers
 
 logger = logging.getLogger(__name__)
 

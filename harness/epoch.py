@@ -14,8 +14,8 @@ import torch
 from accelerate import Accelerator
 
 from harness.config.schema import EarlyStoppingConfig
+from harness.data.workers import batches_of
 from harness.metrics import Predictions
-from harness.workers import batches_of
 
 # checkpoint.monitor -> whether a higher value is better
 HIGHER_IS_BETTER = {"val_acc": True, "val_loss": False}

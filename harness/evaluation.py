@@ -10,9 +10,9 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast
 
 from harness.config.schema import DataConfig
+from harness.data.workers import batches_of
 from harness.metrics import Predictions
 from harness.tta import TTA_SETS, View, mean_log_probabilities
-from harness.workers import batches_of
 
 TOP_K = 5
 

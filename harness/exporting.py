@@ -21,16 +21,16 @@ from typing import Callable
 import torch
 
 from harness.api import trained_model
-from harness.builtin import data_root
 from harness.config.loading import load_config
-from harness.data import eval_loader
+from harness.data.loaders import eval_loader
+from harness.data.source import data_root
+from harness.data.splits import DataSplits
+from harness.data.workers import batches_of
 from harness.errors import CheckpointError, DataError, ExportMismatch, MissingDependency
 from harness.evaluation import ModelInputs
 from harness.runtime.logs import setup_logging
-from harness.splits import DataSplits
 from harness.storage.atomic import atomic_path, write_atomic
 from harness.storage.rundir import RunDir
-from harness.workers import batches_of
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ import logging
 from contextlib import nullcontext
 
 from harness.build import Run
+from harness.data.workers import release_workers
 from harness.epoch import chosen_weights
 from harness.evaluation import ModelInputs, evaluate
 from harness.metrics import Predictions
@@ -18,7 +19,6 @@ from harness.plots import curves_figure, save_png
 from harness.reporting import write_split_outputs
 from harness.restore import restore_best
 from harness.weights import export_weights
-from harness.workers import release_workers
 
 logger = logging.getLogger(__name__)
 

@@ -23,18 +23,18 @@ import numpy as np
 from accelerate.utils import set_seed
 
 from harness.build import build_train_loader, make_model
-from harness.builtin import data_root
 from harness.config.loading import load_config
-from harness.data import image_cache
+from harness.data.cache import image_cache
+from harness.data.source import data_root
+from harness.data.splits import discover_splits
+from harness.data.workers import batches_of
 from harness.evaluation import ModelInputs
 from harness.optim import build_criterion, build_optimizer
 from harness.plots import save_png
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together, on_main
 from harness.runtime.logs import setup_logging
-from harness.splits import discover_splits
 from harness.storage.atomic import atomic_path
-from harness.workers import batches_of
 
 logger = logging.getLogger(__name__)
 SMOOTHING = 0.98

@@ -11,21 +11,22 @@ from pathlib import Path
 
 
 from harness.api import trained_model
-from harness.builtin import data_root
 from harness.compare import format_table
 from harness.config.loading import load_config
 from harness.config.naming import name_value
 from harness.config.schema import Config
-from harness.data import eval_loader, image_cache
+from harness.data.cache import image_cache
+from harness.data.images import bad_images, image_files
+from harness.data.loaders import eval_loader
+from harness.data.source import data_root
+from harness.data.splits import DataSplits, Samples
 from harness.errors import CheckpointError, DataError
 from harness.evaluation import ModelInputs, evaluate
-from harness.images import bad_images, image_files
 from harness.metrics import Predictions
 from harness.reporting import write_split_outputs
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together
 from harness.runtime.logs import setup_logging
-from harness.splits import DataSplits, Samples
 from harness.storage.atomic import write_atomic
 from harness.storage.rundir import RunDir
 from harness.tta import TTA_SETS

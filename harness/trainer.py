@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from harness.build import Run
 from harness.checkpoint import checkpoint_name, latest_name, save_checkpoint
+from harness.data.workers import release_workers
 from harness.epoch import DataWait, EpochMeter, TrainedEpoch, beats, epoch_record, scores, stopped_early_at
 from harness.errors import TrainingDiverged
 from harness.evaluation import ModelInputs, evaluate
@@ -27,7 +28,6 @@ from harness.poll import Poll, Poller
 from harness.probes import LoopProbes
 from harness.runtime.signals import StopRequest, TrainingInterrupted
 from harness.weights import copy_weights, export_weights
-from harness.workers import release_workers
 
 logger = logging.getLogger(__name__)
 

@@ -11,16 +11,17 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from harness.builtin import builtin_root
 from harness.config.loading import load_config
 from harness.config.naming import run_name_for
 from harness.config.schema import DataConfig
-from harness.data import ImageListDataset, build_loader, build_transform, collate, eval_loader
+from harness.data.builtin import builtin_root
+from harness.data.images import load_image
+from harness.data.loaders import ImageListDataset, build_loader, collate, eval_loader
+from harness.data.splits import DataSplits, discover_splits
+from harness.data.transforms import build_transform
+from harness.data.workers import batches_of, init_worker, loader_workers
 from harness.errors import ConfigError, DataError
 from harness.evaluation import ModelInputs
-from harness.images import load_image
-from harness.splits import DataSplits, discover_splits
-from harness.workers import _init_worker, batches_of, loader_workers
 
 from conftest import DIGITS, make_image_folder
 
@@ -302,10 +303,10 @@ def test_builtin_digits_materialised_once_as_image_folder(tmp_path):
 
 def _signalled_at_start(worker_id: int) -> None:
     """Stop signals while the workers start: to the training process, and to this worker after torch gave it
-    its own SIGTERM handler (which would end it), before _init_worker."""
+    its own SIGTERM handler (which would end it), before init_worker."""
     os.kill(os.getppid(), signal.SIGUSR1)
     os.kill(os.getpid(), signal.SIGTERM)
-    _init_worker(worker_id)
+    init_worker(worker_id)
 
 
 def test_a_stop_signal_while_workers_start_kills_none_and_reaches_the_training_process(tmp_path):
@@ -344,7 +345,7 @@ def test_more_workers_than_cpus_are_clamped_and_said_once(tmp_path, caplog):
     root = make_image_folder(tmp_path / "images", classes=2, per_class=4, size=8)
     cpus = len(os.sched_getaffinity(0))
     cfg = DataConfig(root=str(root), image_size=8, num_workers=cpus + 7)
-    with caplog.at_level(logging.WARNING, logger="harness.workers"):
+    with caplog.at_level(logging.WARNING, logger="harness.data.workers"):
         assert loader_workers(cfg) == loader_workers(cfg) == cpus
     assert [record.getMessage() for record in caplog.records] == [
         f"data.num_workers: {cpus + 7} asked for, but this process may run on {cpus} CPU(s): using {cpus} loader workers"]

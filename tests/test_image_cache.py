@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from harness.config.schema import DataConfig
-from harness.data import ImageListDataset, build_transform, image_cache
-from harness.image_cache import Decoder, cache_folder
-from harness.splits import discover_splits
+from harness.data.cache import Decoder, cache_folder, image_cache
+from harness.data.loaders import ImageListDataset
+from harness.data.splits import discover_splits
+from harness.data.transforms import build_transform
 
 from conftest import make_image_folder
 

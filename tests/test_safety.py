@@ -11,7 +11,7 @@ import pytest
 from accelerate.utils import DistributedType
 from PIL import Image
 
-from harness.builtin import builtin_root
+from harness.data.builtin import builtin_root
 from harness.errors import LaunchError
 from harness.runtime.accelerator import check_world
 

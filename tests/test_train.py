@@ -19,8 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from harness.builtin import builtin_root
 from harness.config.loading import load_config
+from harness.data.builtin import builtin_root
 from harness.optim import lr_per_update
 from harness.runtime.threads import share_of_cores
 from harness.weights import load_weights

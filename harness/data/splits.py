@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.config.schema import DataConfig
+from harness.data.images import Found, bad_images, find_images
 from harness.errors import DataError
-from harness.images import Found, bad_images, find_images
 from harness.storage.atomic import atomic_path, write_atomic
 
 logger = logging.getLogger(__name__)

@@ -1,111 +1,26 @@
-"""Transforms, the dataset and the loaders over a split (``harness.splits`` finds the splits).
+"""The dataset and the loaders over a split (``harness.data.splits`` finds the splits).
 
 Random augmentations are seeded per sample from ``(seed, epoch, index)``, and the epoch comes with each
 index from the sampler (``EpochSampler``): what a sample looks like does not depend on the worker, the
 process count or a resume, and the loader's workers live across epochs.
-
-A sample leaves its worker as ``uint8`` (scaled and normalised on the device, ``harness.evaluation.ModelInputs``)
-unless an augmentation works on the normalised tensor (``random_erasing``).
 """
 
 from __future__ import annotations
 
-import difflib
-import logging
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
-from torchvision import transforms as T
 
-from harness.config.schema import DataConfig
-from harness.errors import ConfigError
-from harness.image_cache import ImageCache, build_cache
-from harness.images import load_image
-from harness.splits import Samples
-from harness.workers import _init_worker, loader_workers
-
-logger = logging.getLogger(__name__)
-
-# ----------------------------------------------------------------------------------------------------
-# Transforms
-
-AUGMENTATIONS: dict[str, Callable[..., Callable]] = {
-    "hflip": lambda size, **kw: T.RandomHorizontalFlip(**kw),
-    "vflip": lambda size, **kw: T.RandomVerticalFlip(**kw),
-    "random_crop": lambda size, padding=4, **kw: T.RandomCrop(size, padding=padding, **kw),
-    "random_resized_crop": lambda size, **kw: T.RandomResizedCrop(size, antialias=True, **kw),
-    "rotation": lambda size, degrees=10, **kw: T.RandomRotation(degrees, **kw),
-    "affine": lambda size, degrees=10, **kw: T.RandomAffine(degrees, **kw),
-    "color_jitter": lambda size, **kw: T.ColorJitter(**kw),
-    "trivial_augment": lambda size, **kw: T.TrivialAugmentWide(**kw),
-    "rand_augment": lambda size, **kw: T.RandAugment(**kw),
-    "auto_augment": lambda size, policy="imagenet", **kw: T.AutoAugment(T.AutoAugmentPolicy(policy), **kw),
-}
-TENSOR_AUGMENTATIONS = {"random_erasing": lambda size, **kw: T.RandomErasing(**kw)}
-
-
-def resizer(size: int) -> Callable[[Image.Image], Image.Image]:
-    return T.Resize((size, size), antialias=True)
-
-
-def image_cache(mode: str, root: Path, samples: Samples, cfg: DataConfig) -> ImageCache | None:
-    """``data.cache`` over ``samples``: the images the transforms' resize makes (None for ``none``)."""
-    return build_cache(mode, root, samples, cfg, resizer(cfg.image_size))
-
-
-class SampleTransform:
-    """Resize to ``size`` x ``size`` (what ``data.cache`` keeps), then the rest: [augmentations, train only] ->
-    uint8 tensor, or, when a tensor augmentation follows normalisation, -> normalised float -> augmentation."""
-
-    def __init__(self, size: int, rest: list[Callable]) -> None:
-        self.resize = resizer(size)
-        self.rest = T.Compose(rest)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.rest(self.resize(image))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.resize!r}, {self.rest!r})"
-
-
-def build_transform(cfg: DataConfig, train: bool) -> SampleTransform:
-    pil_ops, tensor_ops = [], []
-    for i, spec in enumerate(cfg.augmentations):
-        name, kwargs = _augmentation_spec(spec, f"data.augmentations[{i}]")
-        table = TENSOR_AUGMENTATIONS if name in TENSOR_AUGMENTATIONS else AUGMENTATIONS
-        try:
-            op = table[name](cfg.image_size, **kwargs)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"data.augmentations[{i}] ({name}): {e}") from None
-        (tensor_ops if table is TENSOR_AUGMENTATIONS else pil_ops).append(op)
-    if not train:
-        return SampleTransform(cfg.image_size, [T.PILToTensor()])
-    if tensor_ops:
-        return SampleTransform(cfg.image_size, [*pil_ops, T.ToTensor(), T.Normalize(cfg.mean, cfg.std), *tensor_ops])
-    return SampleTransform(cfg.image_size, [*pil_ops, T.PILToTensor()])
-
-
-def _augmentation_spec(spec, key: str) -> tuple[str, dict]:
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
-    else:
-        raise ConfigError(f"{key}: expected a name or a mapping with 'name', got {spec!r}")
-    known = sorted(AUGMENTATIONS) + sorted(TENSOR_AUGMENTATIONS)
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
-        raise ConfigError(f"{key}: unknown augmentation '{name}' ({hint})")
-    return name, kwargs
-
-
-# ----------------------------------------------------------------------------------------------------
-# Dataset and loaders
+from harness.config.schema import Config, DataConfig
+from harness.data.cache import ImageCache, image_cache
+from harness.data.images import load_image
+from harness.data.splits import DataSplits, Samples
+from harness.data.transforms import SampleTransform, build_transform
+from harness.data.workers import init_worker, loader_workers
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -199,7 +114,7 @@ def build_loader(dataset: ImageListDataset, batch_size: int, num_workers: int, s
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         collate_fn=collate,
-        worker_init_fn=_init_worker,
+        worker_init_fn=init_worker,
         generator=generator,
         persistent_workers=persistent and num_workers > 0,
     )
@@ -211,3 +126,23 @@ def eval_loader(cfg: DataConfig, root: Path, samples: Samples, batch_size: int, 
     dataset = ImageListDataset(root, samples, build_transform(cfg, train=False), max_pixels=cfg.max_image_pixels,
                                cache=cache)
     return build_loader(dataset, batch_size, num_workers=loader_workers(cfg), seed=seed, persistent=persistent)
+
+
+def train_loader(cfg: Config, splits: DataSplits, cache: ImageCache | None) -> DataLoader:
+    """The shuffled, augmented loader of the train split, its workers kept across epochs."""
+    train_set = ImageListDataset(splits.root, splits.splits["train"], build_transform(cfg.data, train=True),
+                                 augment_seed=cfg.train.seed, max_pixels=cfg.data.max_image_pixels, cache=cache)
+    return build_loader(train_set, cfg.train.batch_size, num_workers=loader_workers(cfg.data), seed=cfg.train.seed,
+                        shuffle=True, persistent=True)
+
+
+def training_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """The shuffled, augmented train loader, and one unshuffled, unaugmented loader per split; the loaders
+    read every epoch (train, val) keep their workers. A split's image cache serves both its loaders."""
+    caches = {split: image_cache(cfg.data.cache, splits.root, samples, cfg.data)
+              for split, samples in splits.splits.items()}
+    batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
+    eval_loaders = {split: eval_loader(cfg.data, splits.root, samples, batch_size, cfg.train.seed,
+                                       cache=caches[split], persistent=split == "val")
+                    for split, samples in splits.splits.items()}
+    return train_loader(cfg, splits, caches["train"]), eval_loaders

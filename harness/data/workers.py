@@ -44,7 +44,7 @@ _END = object()  # what batches_of's first next() gives for an empty loader
 
 def batches_of(loader) -> Iterator:
     """The batches of ``loader``. The stop signals wait until the first one is in, the loader having forked its
-    workers by then: a worker must not die of one before ``_init_worker`` makes it ignore them (torch
+    workers by then: a worker must not die of one before ``init_worker`` makes it ignore them (torch
     gives workers a SIGTERM handler that ends them), and it inherits the signals held, so none reaches it
     before then. Held, a signal is delivered once the first batch is in, not lost."""
     held = signal.pthread_sigmask(signal.SIG_BLOCK, LEFT_TO_PARENT)
@@ -58,7 +58,7 @@ def batches_of(loader) -> Iterator:
         yield from iterator
 
 
-def _init_worker(worker_id: int) -> None:
+def init_worker(worker_id: int) -> None:
     for signum in LEFT_TO_PARENT:
         signal.signal(signum, signal.SIG_IGN)  # a signal that arrived since the fork, held, is dropped
     signal.pthread_sigmask(signal.SIG_UNBLOCK, LEFT_TO_PARENT)

@@ -1,4 +1,4 @@
-"""Built-in data sets: shipped inside a dependency, materialised once as an ImageFolder tree.
+"""Built-in data sets: shipped inside a dependency, materialised once as an ImageFolder tree under the cache.
 
 ``digits`` is scikit-learn's handwritten-digits set (1,797 grayscale 8x8 images of 0-9), written as
 32x32 PNGs under ``<cache>/digits-v1/{train,val,test}/<digit>/`` with a fixed stratified 70/15/15
@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness.config.schema import DataConfig
-from harness.splits import stratified_split
+from harness.data.splits import stratified_split
 
 DIGITS_VERSION = "digits-v1"
 DIGITS_SIZE = 32
@@ -27,11 +26,6 @@ def default_cache_dir() -> Path:
     if os.environ.get("HARNESS_CACHE_DIR"):
         return Path(os.environ["HARNESS_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "harness"
-
-
-def data_root(cfg: DataConfig) -> Path:
-    """The image folder a data config names: a built-in set (materialised on first use) or ``data.root``."""
-    return builtin_root(cfg.builtin, cfg.cache_dir) if cfg.builtin else Path(cfg.root).expanduser()
 
 
 def builtin_root(name: str, cache_dir: str | None) -> Path:

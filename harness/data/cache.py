@@ -29,7 +29,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from harness.config.schema import DataConfig
-from harness.images import PROGRESS_FROM, load_image
+from harness.data.builtin import default_cache_dir
+from harness.data.images import PROGRESS_FROM, load_image
+from harness.data.transforms import resizer
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +48,12 @@ class ImageCache:
         return Image.fromarray(np.asarray(self.pixels[index]), "RGB")
 
 
-def build_cache(mode: str, root: Path, samples: list[tuple[str, int]], cfg: DataConfig,
-                resize: Callable[[Image.Image], Image.Image]) -> ImageCache | None:
-    """The cache ``mode`` (``data.cache``) asks for over ``samples`` under ``root``, of the images ``resize``
-    makes; None for ``none``."""
+def image_cache(mode: str, root: Path, samples: list[tuple[str, int]], cfg: DataConfig) -> ImageCache | None:
+    """The cache ``mode`` (``data.cache``) asks for over ``samples`` under ``root``: the images the transforms'
+    resize makes. None for ``none``."""
     if mode == "none" or not samples:
         return None
-    decode = Decoder(root, samples, cfg.max_image_pixels, resize)
+    decode = Decoder(root, samples, cfg.max_image_pixels, resizer(cfg.image_size))
     if mode == "memory":
         return ImageCache(decode.into(np.empty(_shape(samples, cfg), np.uint8)))
     return ImageCache(_disk_cache(root, samples, cfg, decode))
@@ -67,8 +68,6 @@ def cache_key(root: Path, samples: list[tuple[str, int]], cfg: DataConfig) -> st
 
 
 def cache_folder(cfg: DataConfig) -> Path:
-    from harness.builtin import default_cache_dir
-
     return (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()) / "images"
 
 
