@@ -19,8 +19,8 @@ from harness.config.schema import DataConfig, ModelConfig
 from harness.data.images import image_files, load_image, to_rgb
 from harness.data.transforms import build_transform
 from harness.errors import CheckpointError, DataError
-from harness.evaluation import ModelInputs
-from harness.models import build_model
+from harness.models.inputs import ModelInputs
+from harness.models.registry import build_model
 from harness.storage.rundir import RunDir
 from harness.weights import load_weights
 

@@ -29,8 +29,8 @@ from harness.data.source import data_root
 from harness.data.splits import DataSplits, discover_splits
 from harness.data.transforms import build_transform
 from harness.data.workers import loader_workers
-from harness.evaluation import match_buffers_to_params
-from harness.models import build_model, num_parameters
+from harness.models.buffers import match_buffers_to_params
+from harness.models.registry import build_model, num_parameters
 from harness.optim import build_criterion, build_optimizer, build_scheduler, updates_per_epoch
 from harness.plan import RunPlan
 from harness.reporting import Reporter

@@ -15,13 +15,8 @@ from accelerate import Accelerator
 
 from harness.config.schema import EarlyStoppingConfig
 from harness.data.workers import batches_of
-from harness.metrics import Predictions
-
-# checkpoint.monitor -> whether a higher value is better
-HIGHER_IS_BETTER = {"val_acc": True, "val_loss": False}
-# checkpoint.monitor -> what decides between epochs that tie on it
-TIE_BREAKER = {"val_acc": "val_loss", "val_loss": "val_acc"}
-
+from harness.evaluation.predictions import Predictions
+from harness.evaluation.selection import HIGHER_IS_BETTER, scores
 
 @dataclass
 class TrainedEpoch:
@@ -110,39 +105,6 @@ def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, val_second
     if averaged is not None:
         record.update(ema_val_loss=averaged.loss(), ema_val_acc=averaged.accuracy())
     return record
-
-
-def _better(scores: dict, than: dict, monitor: str) -> bool:
-    """``scores`` beat ``than`` on ``monitor``; a tie on it is decided by the other validation metric (an equal
-    accuracy with a lower loss wins), a tie on both is not better."""
-    for key in (monitor, TIE_BREAKER[monitor]):
-        if scores[key] != than[key]:
-            return scores[key] > than[key] if HIGHER_IS_BETTER[key] else scores[key] < than[key]
-    return False
-
-
-def chosen_weights(record: dict, monitor: str) -> str:
-    """Which weights of an epoch count: ``ema`` when its average validated better than the weights themselves
-    (``raw``), which win a tie."""
-    if "ema_val_acc" in record and _better(_scores(record, "ema"), _scores(record, "raw"), monitor):
-        return "ema"
-    return "raw"
-
-
-def _scores(record: dict, weights: str) -> dict:
-    prefix = "ema_" if weights == "ema" else ""
-    return {"val_acc": record[f"{prefix}val_acc"], "val_loss": record[f"{prefix}val_loss"]}
-
-
-def scores(record: dict, monitor: str) -> dict:
-    """The validation figures of the epoch's chosen weights: what "best" and early stopping compare."""
-    return _scores(record, chosen_weights(record, monitor))
-
-
-def beats(record: dict, best: dict | None, monitor: str) -> bool:
-    """Whether an epoch's row is better than ``best`` on ``monitor`` (see ``_better``; a tie keeps the earlier
-    epoch), each by its chosen weights."""
-    return best is None or _better(scores(record, monitor), scores(best, monitor), monitor)
 
 
 def stopped_early_at(history: list[dict], monitor: str, rule: EarlyStoppingConfig | None) -> int | None:

@@ -27,7 +27,7 @@ from harness.data.source import data_root
 from harness.data.splits import DataSplits
 from harness.data.workers import batches_of
 from harness.errors import CheckpointError, DataError, ExportMismatch, MissingDependency
-from harness.evaluation import ModelInputs
+from harness.models.inputs import ModelInputs
 from harness.runtime.logs import setup_logging
 from harness.storage.atomic import atomic_path, write_atomic
 from harness.storage.rundir import RunDir

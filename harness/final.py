@@ -11,9 +11,10 @@ from contextlib import nullcontext
 
 from harness.build import Run
 from harness.data.workers import release_workers
-from harness.epoch import chosen_weights
-from harness.evaluation import ModelInputs, evaluate
-from harness.metrics import Predictions
+from harness.evaluation.evaluate import evaluate
+from harness.evaluation.predictions import Predictions
+from harness.evaluation.selection import chosen_weights
+from harness.models.inputs import ModelInputs
 from harness.optim import lr_per_update, updates_per_epoch
 from harness.plots import curves_figure, save_png
 from harness.reporting import write_split_outputs

@@ -28,7 +28,7 @@ from harness.data.cache import image_cache
 from harness.data.source import data_root
 from harness.data.splits import discover_splits
 from harness.data.workers import batches_of
-from harness.evaluation import ModelInputs
+from harness.models.inputs import ModelInputs
 from harness.optim import build_criterion, build_optimizer
 from harness.plots import save_png
 from harness.runtime.accelerator import build_accelerator

@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from harness.config.schema import LossConfig, OptimConfig, SchedulerConfig
 from harness.errors import ConfigError
-from harness.models import classifier
+from harness.models.registry import classifier
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:

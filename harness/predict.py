@@ -21,15 +21,16 @@ from harness.data.loaders import eval_loader
 from harness.data.source import data_root
 from harness.data.splits import DataSplits, Samples
 from harness.errors import CheckpointError, DataError
-from harness.evaluation import ModelInputs, evaluate
-from harness.metrics import Predictions
+from harness.evaluation.evaluate import evaluate
+from harness.evaluation.predictions import Predictions
+from harness.evaluation.tta import TTA_SETS
+from harness.models.inputs import ModelInputs
 from harness.reporting import write_split_outputs
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together
 from harness.runtime.logs import setup_logging
 from harness.storage.atomic import write_atomic
 from harness.storage.rundir import RunDir
-from harness.tta import TTA_SETS
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.metrics import Predictions
+from harness.evaluation.predictions import Predictions
 from harness.plots import confusion_figure, save_png
 from harness.storage.atomic import atomic_path, write_atomic
 from harness.storage.rundir import RunDir

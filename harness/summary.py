@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.epoch import chosen_weights
+from harness.evaluation.selection import chosen_weights
 from harness.state import TrainState
 from harness.storage.atomic import write_atomic
 from harness.storage.rundir import RunDir

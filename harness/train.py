@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # before the heavy imports: --help and usage errors answer at once
     if args.list_models is not None:
-        from harness.models import available_models
+        from harness.models.registry import available_models
 
         print("\n".join(available_models(args.list_models)))
         return 0

@@ -18,12 +18,14 @@ from tqdm.auto import tqdm
 from harness.build import Run
 from harness.checkpoint import checkpoint_name, latest_name, save_checkpoint
 from harness.data.workers import release_workers
-from harness.epoch import DataWait, EpochMeter, TrainedEpoch, beats, epoch_record, scores, stopped_early_at
+from harness.epoch import DataWait, EpochMeter, TrainedEpoch, epoch_record, stopped_early_at
 from harness.errors import TrainingDiverged
-from harness.evaluation import ModelInputs, evaluate
+from harness.evaluation.evaluate import evaluate
+from harness.evaluation.predictions import Predictions
+from harness.evaluation.selection import beats, scores
 from harness.final import test, weights_meta, weights_of
-from harness.metrics import Predictions
 from harness.mixing import BatchMixer
+from harness.models.inputs import ModelInputs
 from harness.poll import Poll, Poller
 from harness.probes import LoopProbes
 from harness.runtime.signals import StopRequest, TrainingInterrupted

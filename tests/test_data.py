@@ -21,7 +21,7 @@ from harness.data.splits import DataSplits, discover_splits
 from harness.data.transforms import build_transform
 from harness.data.workers import batches_of, init_worker, loader_workers
 from harness.errors import ConfigError, DataError
-from harness.evaluation import ModelInputs
+from harness.models.inputs import ModelInputs
 
 from conftest import DIGITS, make_image_folder
 

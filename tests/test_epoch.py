@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from harness.config.schema import EarlyStoppingConfig
-from harness.epoch import (DataWait, EpochMeter, TrainedEpoch, beats, chosen_weights, epoch_record, scores,
-                           stopped_early_at)
-from harness.metrics import Predictions
+from harness.epoch import DataWait, EpochMeter, TrainedEpoch, epoch_record, stopped_early_at
+from harness.evaluation.predictions import Predictions
+from harness.evaluation.selection import beats, chosen_weights, scores
 from harness.reporting import AVERAGE_COLUMNS, HISTORY_COLUMNS
 
 

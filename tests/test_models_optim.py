@@ -7,7 +7,7 @@ import torchvision
 
 from harness.config.schema import LossConfig, ModelConfig, OptimConfig, SchedulerConfig
 from harness.errors import ConfigError
-from harness.models import CUSTOM_MODELS, build_model, register_model
+from harness.models.registry import CUSTOM_MODELS, build_model, register_model
 from harness.optim import build_criterion, build_optimizer, build_scheduler
 
 

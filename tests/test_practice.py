@@ -20,7 +20,7 @@ from harness.config.loading import load_config
 from harness.config.schema import EmaConfig, MixupConfig
 from harness.lr_finder import suggestion
 from harness.mixing import BatchMixer
-from harness.models import build_model, classifier
+from harness.models.registry import build_model, classifier
 from harness.restore import weights_only
 
 # The weight average with batches mixed (mixup or CutMix, half each) and RandAugment: every source of

@@ -1,8 +1,5 @@
-"""Models by name: every torchvision classification model, plus custom ones registered here.
-
-Adding a model is one function decorated with ``@register_model("name")`` that takes ``num_classes``
-(and any keyword arguments, which come from ``model.kwargs`` in the config) and returns an ``nn.Module``.
-"""
+"""Models by name: every torchvision classification model, timm's (``timm/<name>``, the timm extra), and the
+custom ones registered with ``@register_model`` (``harness.models.custom``)."""
 
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from harness.config.schema import ModelConfig
+from harness.config.schema import Config, ModelConfig
 from harness.errors import ConfigError, MissingDependency
 
 CUSTOM_MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -135,39 +132,14 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
     setattr(parent, name.rpartition(".")[2], new)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Custom models
-
-
-NORMS = {
-    "batch": nn.BatchNorm2d,
-    # per-sample normalisation: results do not depend on how a batch is split over processes or micro-batches
-    "group": lambda channels: nn.GroupNorm(min(8, channels), channels),
-    "none": lambda channels: nn.Identity(),
-}
-
-
-@register_model("compact_cnn")
-def compact_cnn(num_classes: int, width: int = 32, dropout: float = 0.0, norm: str = "batch") -> nn.Module:
-    """A small VGG-style CNN for small images (32x32 and up): three stages, global average pooling."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-
-    def block(c_in: int, c_out: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none"), NORMS[norm](c_out),
-                             nn.ReLU(inplace=True))
-
-    w = width
-    return nn.Sequential(
-        block(3, w),
-        block(w, w),
-        nn.MaxPool2d(2),
-        block(w, 2 * w),
-        block(2 * w, 2 * w),
-        nn.MaxPool2d(2),
-        block(2 * w, 4 * w),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Dropout(dropout),
-        nn.Linear(4 * w, num_classes),
-    )
+def training_model(cfg: Config, num_classes: int) -> nn.Module:
+    """The model a run trains: ``model.*`` built, in its memory format, compiled with ``train.compile``."""
+    model = build_model(cfg.model, num_classes)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        # In place, so that the state dict (checkpoints, weights) keeps its keys. One graph for every batch
+        # size: otherwise a last, smaller batch recompiles with other kernels, and a resumed run, which meets
+        # the sizes in another order, would compute with other kernels than the run it continues.
+        model.compile(dynamic=True)
+    return model
