@@ -31,7 +31,9 @@ from harness.data.transforms import build_transform
 from harness.data.workers import loader_workers
 from harness.models.buffers import match_buffers_to_params
 from harness.models.registry import build_model, num_parameters
-from harness.optim import build_criterion, build_optimizer, build_scheduler, updates_per_epoch
+from harness.optim.losses import build_criterion
+from harness.optim.optimizers import build_optimizer
+from harness.optim.schedules import build_scheduler, updates_per_epoch
 from harness.plan import RunPlan
 from harness.reporting import Reporter
 from harness.restore import load_checkpoint

@@ -15,7 +15,7 @@ from harness.evaluation.evaluate import evaluate
 from harness.evaluation.predictions import Predictions
 from harness.evaluation.selection import chosen_weights
 from harness.models.inputs import ModelInputs
-from harness.optim import lr_per_update, updates_per_epoch
+from harness.optim.schedules import lr_per_update, updates_per_epoch
 from harness.plots import curves_figure, save_png
 from harness.reporting import write_split_outputs
 from harness.restore import restore_best

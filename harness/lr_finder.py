@@ -29,7 +29,8 @@ from harness.data.source import data_root
 from harness.data.splits import discover_splits
 from harness.data.workers import batches_of
 from harness.models.inputs import ModelInputs
-from harness.optim import build_criterion, build_optimizer
+from harness.optim.losses import build_criterion
+from harness.optim.optimizers import build_optimizer
 from harness.plots import save_png
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together, on_main

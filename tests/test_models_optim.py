@@ -8,7 +8,9 @@ import torchvision
 from harness.config.schema import LossConfig, ModelConfig, OptimConfig, SchedulerConfig
 from harness.errors import ConfigError
 from harness.models.registry import CUSTOM_MODELS, build_model, register_model
-from harness.optim import build_criterion, build_optimizer, build_scheduler
+from harness.optim.losses import build_criterion
+from harness.optim.optimizers import build_optimizer
+from harness.optim.schedules import build_scheduler
 
 
 @pytest.mark.parametrize("name", ["compact_cnn", "resnet18", "mobilenet_v3_small", "efficientnet_b0"])

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from harness.config.schema import OptimConfig, SchedulerConfig
-from harness.optim import build_optimizer, build_scheduler, lr_per_update
+from harness.optim.optimizers import build_optimizer
+from harness.optim.schedules import build_scheduler, lr_per_update
 from harness.plots import MISSING_GLYPH, comparison_figure, confusion_figure, curves_figure, drawable, save_png
 from harness.reporting import HISTORY_COLUMNS
 

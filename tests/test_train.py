@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from harness.config.loading import load_config
 from harness.data.builtin import builtin_root
-from harness.optim import lr_per_update
+from harness.optim.schedules import lr_per_update
 from harness.runtime.threads import share_of_cores
 from harness.weights import load_weights
 

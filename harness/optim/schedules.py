@@ -1,7 +1,5 @@
-"""Optimizer, learning-rate schedule and loss.
-
-Schedules are defined in optimizer updates (``epochs * updates_per_epoch``) and the scheduler is stepped
-once per update, so the learning rate is right for any number of processes and any accumulation.
+"""The learning-rate schedule, defined in optimizer updates (``epochs * updates_per_epoch``) and stepped once per
+update, so the learning rate is right for any number of processes and any accumulation.
 """
 
 from __future__ import annotations
@@ -12,38 +10,9 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from harness.config.schema import LossConfig, OptimConfig, SchedulerConfig
+from harness.config.schema import OptimConfig, SchedulerConfig
 from harness.errors import ConfigError
-from harness.models.registry import classifier
-
-
-def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer over ``param_groups``; each group's ``lr`` and ``weight_decay`` are its own."""
-    groups = param_groups(cfg, model)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    if cfg.nesterov:
-        raise ConfigError(f"optim.nesterov: only applies to sgd, not {cfg.name}")
-    optimizer = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return optimizer(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-
-
-def param_groups(cfg: OptimConfig, model: nn.Module) -> list[dict]:
-    """The trainable parameters in up to four groups, the backbone's first: backbone or head (the classifier,
-    ``harness.models.classifier``; its lr is ``optim.lr * optim.head_lr_multiplier``), each with weight
-    decay or without it (as timm does: a parameter of one dimension, a bias or a normalisation weight, is not
-    decayed unless ``optim.decay_norm_and_bias``). Each group says its ``role``: the schedule freezes the
-    backbone by it."""
-    head = {id(p) for p in classifier(model)[1].parameters()}
-    groups: dict[tuple[str, bool], list] = {}
-    for p in model.parameters():
-        if p.requires_grad:
-            role = "head" if id(p) in head else "backbone"
-            groups.setdefault((role, cfg.decay_norm_and_bias or p.ndim > 1), []).append(p)
-    return [{"params": params, "role": role, "weight_decay": cfg.weight_decay if decayed else 0.0,
-             "lr": cfg.lr * (cfg.head_lr_multiplier if role == "head" else 1.0)}
-            for (role, decayed), params in sorted(groups.items(), key=lambda item: (item[0][0] == "head", not item[0][1]))]
+from harness.optim.optimizers import build_optimizer
 
 
 def updates_per_epoch(batches: int, grad_accum_steps: int) -> int:
@@ -101,18 +70,3 @@ def lr_per_update(optim: OptimConfig, schedule: SchedulerConfig, epochs: int, up
             scheduler.step()
         rates.append(scheduler.get_last_lr()[0])
     return rates
-
-
-def build_criterion(cfg: LossConfig, class_counts: list[int]) -> nn.Module:
-    """Cross-entropy with optional label smoothing and class weights ('balanced': n / (k * n_class))."""
-    weight = None
-    if cfg.class_weights == "balanced":
-        total, k = sum(class_counts), len(class_counts)
-        weight = torch.tensor([total / (k * max(1, c)) for c in class_counts], dtype=torch.float32)
-    elif cfg.class_weights is not None:
-        if len(cfg.class_weights) != len(class_counts):
-            raise ConfigError(
-                f"loss.class_weights: has {len(cfg.class_weights)} values but the data has {len(class_counts)} classes"
-            )
-        weight = torch.tensor(cfg.class_weights, dtype=torch.float32)
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)

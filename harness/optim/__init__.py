@@ -1,0 +1,1 @@
+"""Optimization: the optimizer and its parameter groups, the learning-rate schedule, the loss."""
