@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from harness.checkpointing.weights import read_weights
 from harness.config.schema import DataConfig, ModelConfig
 from harness.data.images import image_files, load_image, to_rgb
 from harness.data.transforms import build_transform
@@ -22,7 +23,6 @@ from harness.errors import CheckpointError, DataError
 from harness.models.inputs import ModelInputs
 from harness.models.registry import build_model
 from harness.storage.rundir import RunDir
-from harness.weights import load_weights
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]
 
@@ -48,7 +48,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.devi
 
 def trained_model(weights: Path) -> tuple[torch.nn.Module, dict]:
     """The model a weights file was exported from, with those weights, and the file's metadata."""
-    state_dict, meta = load_weights(weights)
+    state_dict, meta = read_weights(weights)
     model = build_model(ModelConfig(name=meta["model"], kwargs=meta.get("model_kwargs", {})), len(meta["classes"]))
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:

@@ -21,7 +21,10 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from harness.averaging import WeightAverage
-from harness.checkpoint import clean_temporary
+from harness.checkpointing.loading import load_checkpoint
+from harness.checkpointing.saving import clean_temporary
+from harness.checkpointing.state import TrainState
+from harness.checkpointing.weights import weights_metadata
 from harness.config.schema import Config
 from harness.data.cache import ImageCache, image_cache
 from harness.data.loaders import ImageListDataset, build_loader, eval_loader
@@ -36,15 +39,12 @@ from harness.optim.optimizers import build_optimizer
 from harness.optim.schedules import build_scheduler, updates_per_epoch
 from harness.plan import RunPlan
 from harness.reporting import Reporter
-from harness.restore import load_checkpoint
 from harness.runtime.accelerator import environment
 from harness.runtime.collective import on_main
 from harness.runtime.deepspeed import size_deepspeed_buckets
 from harness.runtime.logs import log_to_file
-from harness.state import TrainState
 from harness.storage.rundir import RunDir
 from harness.summary import RunSummary
-from harness.weights import weights_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ import logging
 from contextlib import nullcontext
 
 from harness.build import Run
+from harness.checkpointing.loading import restore_best
+from harness.checkpointing.weights import write_weights
 from harness.data.workers import release_workers
 from harness.evaluation.evaluate import evaluate
 from harness.evaluation.predictions import Predictions
@@ -18,8 +20,6 @@ from harness.models.inputs import ModelInputs
 from harness.optim.schedules import lr_per_update, updates_per_epoch
 from harness.plots import curves_figure, save_png
 from harness.reporting import write_split_outputs
-from harness.restore import restore_best
-from harness.weights import export_weights
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def test(run: Run, inputs: ModelInputs, last_val: tuple[int, dict[str, Predictio
     results = {}
     with weights_of(run, best):
         # Written again from the loaded model, so it matches the best checkpoint whatever stopped in between.
-        export_weights(run.accelerator, run.model, run.rundir, "best", weights_meta(run, best))
+        write_weights(run.accelerator, run.model, run.rundir, "best", weights_meta(run, best))
         logger.info(f"evaluating the best weights (epoch {state.best_epoch}, {state.best_checkpoint}"
                     + (", their average" if weights == "ema" else "") + ")")
         for split, loader in run.eval_loaders.items():

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.checkpoint import STATE, latest_checkpoint, read_marker, read_pointer, verify
+from harness.checkpointing.folders import STATE, latest_checkpoint, read_marker, read_pointer, verify
 from harness.config.loading import load_config
 from harness.config.naming import checked_run_name, run_name_for
 from harness.config.schema import Config

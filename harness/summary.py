@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.checkpointing.state import TrainState
 from harness.evaluation.selection import chosen_weights
-from harness.state import TrainState
 from harness.storage.atomic import write_atomic
 from harness.storage.rundir import RunDir
 

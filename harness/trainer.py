@@ -16,7 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.build import Run
-from harness.checkpoint import checkpoint_name, latest_name, save_checkpoint
+from harness.checkpointing.folders import checkpoint_name, latest_name
+from harness.checkpointing.saving import save_checkpoint
+from harness.checkpointing.weights import copy_weights, write_weights
 from harness.data.workers import release_workers
 from harness.epoch import DataWait, EpochMeter, TrainedEpoch, epoch_record, stopped_early_at
 from harness.errors import TrainingDiverged
@@ -29,7 +31,6 @@ from harness.models.inputs import ModelInputs
 from harness.poll import Poll, Poller
 from harness.probes import LoopProbes
 from harness.runtime.signals import StopRequest, TrainingInterrupted
-from harness.weights import copy_weights, export_weights
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ class Trainer:
         self._decide_early_stop()  # before the save: the checkpoint records it
         self._save()
         with weights_of(run, record):
-            export_weights(run.accelerator, run.model, run.rundir, "last", weights_meta(run, record))
+            write_weights(run.accelerator, run.model, run.rundir, "last", weights_meta(run, record))
         if improved and run.accelerator.is_main_process:
             copy_weights(run.rundir, "last", "best")
         self._report_epoch(record, improved)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.checkpoint import (MARKER, clean_temporary, latest_checkpoint, manifest, read_pointer, rotate,
-                                save_checkpoint, verify)
+from harness.checkpointing.folders import MARKER, latest_checkpoint, manifest, read_pointer, verify
+from harness.checkpointing.saving import clean_temporary, rotate, save_checkpoint
+from harness.checkpointing.state import TrainState
 from harness.errors import CheckpointError
 from harness.plan import resolve_checkpoint
-from harness.state import TrainState
 from harness.storage.atomic import write_atomic
 from harness.storage.rundir import RunDir
 
@@ -118,7 +118,7 @@ def save_all(run: RunDir, accelerator: OneProcess, done: list[str]) -> None:
 
 
 def test_latest_never_names_an_incomplete_checkpoint_wherever_a_save_stops(tmp_path, monkeypatch):
-    for module in ("harness.storage.atomic", "harness.checkpoint"):  # durability is not what this test is about: fast
+    for module in ("harness.storage.atomic", "harness.checkpointing.saving"):  # durability is not what this test is about: fast
         monkeypatch.setattr(f"{module}.fsync", lambda path: None)
     with monkeypatch.context() as patch:
         counted = OneProcess(patch)

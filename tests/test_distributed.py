@@ -168,7 +168,7 @@ def traced(path):
 
 
 def test_a_mid_epoch_position_converts_by_samples():
-    from harness.state import TrainState
+    from harness.checkpointing.state import TrainState
 
     state = TrainState(batch_in_epoch=7, num_processes=2)
     assert "the epoch continues after 14 of its 14 trained batches" in state.move_to(1)

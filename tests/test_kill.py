@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoint import read_pointer, verify
+from harness.checkpointing.folders import read_pointer, verify
 
 from conftest import DIGITS, FAST, PYTHON, REPO, assert_same_weights, run_train, summary
 

@@ -16,12 +16,12 @@ from conftest import (DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, laun
 from accelerate.utils import set_seed
 
 from harness.averaging import WeightAverage
+from harness.checkpointing.loading import weights_only
 from harness.config.loading import load_config
 from harness.config.schema import EmaConfig, MixupConfig
 from harness.lr_finder import suggestion
 from harness.mixing import BatchMixer
 from harness.models.registry import build_model, classifier
-from harness.restore import weights_only
 
 # The weight average with batches mixed (mixup or CutMix, half each) and RandAugment: every source of
 # randomness the recipes add. After one epoch the average (of about the last ten updates) validates with a

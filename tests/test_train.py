@@ -19,11 +19,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from harness.checkpointing.weights import read_weights
 from harness.config.loading import load_config
 from harness.data.builtin import builtin_root
 from harness.optim.schedules import lr_per_update
 from harness.runtime.threads import share_of_cores
-from harness.weights import load_weights
 
 from conftest import CPU_LAUNCH, DIGITS, FAST, PYTHON, REPO, make_image_folder, marker, pointer, rows, run_infer, run_train, summary
 
@@ -220,7 +220,7 @@ def test_tta_and_ensembles_average_what_they_should(quickstart, env, tmp_path):
 
     other = tmp_path / "other"  # the same run, but a class renamed
     shutil.copytree(run, other, ignore=shutil.ignore_patterns("checkpoints", "inference", "tensorboard"))
-    state, meta = load_weights(other / "weights" / "best.safetensors")
+    state, meta = read_weights(other / "weights" / "best.safetensors")
     save_file(state, str(other / "weights" / "best.safetensors"),
               metadata={"harness": json.dumps({**meta, "classes": [*meta["classes"][:-1], "nine"]})})
     refused = infer("refused", "--ensemble", run, other, launcher=PYTHON, check=False)

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from harness.build import build_run
-from harness.checkpoint import read_marker, step_folders
+from harness.checkpointing.folders import read_marker, step_folders
 from harness.config.loading import load_config
 from harness.errors import TrainingDiverged
 from harness.plan import RunPlan

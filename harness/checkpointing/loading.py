@@ -20,11 +20,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import load
 
-from harness.checkpoint import STATE, read_marker, verify
+from harness.checkpointing.folders import STATE, read_marker, verify
+from harness.checkpointing.state import TrainState
 from harness.config.typed import build_typed
 from harness.errors import CheckpointError
 from harness.runtime.collective import first_failure
-from harness.state import TrainState
 from harness.storage.rundir import RunDir
 
 T = TypeVar("T")

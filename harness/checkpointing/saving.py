@@ -1,55 +1,35 @@
-"""Checkpoints: atomic, verified ``accelerator.save_state`` folders, the ``latest``/``best`` pointers, rotation.
-
-Layout under ``runs/<name>/checkpoints/``::
-
-    step-00000240/   a complete checkpoint: accelerate's files + harness_checkpoint.json (written last)
-    latest           the name of the newest complete checkpoint (a small file, replaced atomically)
-    best             the name of the checkpoint with the best validation metric (likewise)
-    .tmp-step-.../   a save in progress (or left by a killed one: ignored and cleaned up)
+"""Saving a checkpoint: an atomic, verified ``accelerator.save_state`` folder, then the pointers, then rotation.
 
 A save is: every process writes into ``.tmp-<name>``; the main process writes the train state as JSON,
 fsyncs the files, writes the marker (a manifest of every file, its size and its SHA-256), renames the folder
 into place, fsyncs the parent, then updates ``latest``/``best``, and only then deletes old checkpoints beyond
 ``checkpoint.keep_last`` (never the newest complete one, never the best). So a checkpoint on disk is complete
 or absent, and ``latest`` never names an incomplete checkpoint (a re-save of the same step first points it at
-an older one).
-
-Loading one back is ``harness.restore``.
+an older one). The layout is ``harness.checkpointing.folders``'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 
 from accelerate import Accelerator
 
+from harness.checkpointing.folders import (MARKER, STATE, TMP_PREFIX, checkpoint_name, complete_checkpoints,
+                                           latest_name, manifest)
+from harness.checkpointing.state import TrainState
 from harness.errors import StorageError
 from harness.runtime.collective import first_failure
-from harness.state import TrainState
 from harness.storage.atomic import fsync, write_atomic
 from harness.storage.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
-MARKER = "harness_checkpoint.json"
-STATE = "train_state.json"  # the harness's TrainState, as data
-TMP_PREFIX = ".tmp-"
-NAME = re.compile(r"step-(\d{8})")
 
-
-def checkpoint_name(global_step: int) -> str:
-    return f"step-{global_step:08d}"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Saving
 
 
 def save_checkpoint(accelerator: Accelerator, run: RunDir, state: TrainState, keep_last: int) -> str:
@@ -136,88 +116,3 @@ def clean_temporary(accelerator: Accelerator, run: RunDir) -> None:
                 else:
                     path.unlink()
     accelerator.wait_for_everyone()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Finding and checking
-
-
-def read_marker(path: Path) -> dict:
-    """The manifest of checkpoint ``path`` (epoch, step, processes, files); OSError/ValueError if unreadable."""
-    return json.loads((path / MARKER).read_text())
-
-
-def manifest(folder: Path) -> dict[str, dict]:
-    """Every file under ``folder`` with its size and SHA-256, as the marker records them."""
-    return {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256(p)}
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
-
-
-def sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def verify(path: Path, content: bool = False) -> str | None:
-    """None if ``path`` is a complete checkpoint; otherwise what is wrong with it. Sizes are always checked,
-    the content (SHA-256) with ``content``: before a checkpoint is loaded."""
-    try:
-        marker = read_marker(path)
-        files = marker["files"]
-        if not all(isinstance(entry, dict) for entry in files.values()) or STATE not in files:
-            return "written by an older version of the harness (no content hashes or train state); start over"
-    except FileNotFoundError:
-        return f"no {MARKER} (the save did not finish)"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return f"unreadable {MARKER} ({type(e).__name__}: {e})"
-    for file, entry in files.items():
-        target = path / file
-        if Path(file).is_absolute() or ".." in Path(file).parts or not target.is_file():
-            return f"{file} is missing"
-        if target.stat().st_size != entry.get("size"):
-            return f"{file} is {target.stat().st_size} bytes, expected {entry.get('size')}"
-        if content and sha256(target) != entry.get("sha256"):
-            return f"{file} has changed since it was saved (its SHA-256 differs from the manifest's)"
-    return None
-
-
-def latest_name(run: RunDir) -> str | None:
-    """What ``checkpoints/latest`` names (None before the first save)."""
-    return read_pointer(run.checkpoints / "latest")
-
-
-def latest_checkpoint(run: RunDir) -> Path | None:
-    """The checkpoint named by ``latest`` if it is complete and intact, else the newest one that is (with a
-    warning)."""
-    pointed = latest_name(run)
-    if pointed and verify(run.checkpoint(pointed), content=True) is None:
-        return run.checkpoint(pointed)
-    for path in reversed(step_folders(run)):
-        problem = verify(path, content=True)
-        if problem is None:
-            logger.warning(f"{run.checkpoints / 'latest'} names {pointed or 'nothing'} that is not usable: "
-                           f"falling back to {path.name}")
-            return path
-        logger.warning(f"skipping checkpoint {path}: {problem}")
-    return None
-
-
-def step_folders(run: RunDir) -> list[Path]:
-    """The run's ``step-*`` folders, oldest first, complete or not."""
-    if not run.checkpoints.is_dir():
-        return []
-    return sorted(p for p in run.checkpoints.iterdir() if p.is_dir() and NAME.fullmatch(p.name))
-
-
-def complete_checkpoints(run: RunDir) -> list[str]:
-    """The names of the run's complete checkpoints, oldest first."""
-    return [path.name for path in step_folders(run) if verify(path) is None]
-
-
-def read_pointer(path: Path) -> str | None:
-    """The checkpoint name a pointer file (``latest``, ``best``) holds; None if absent or not a name."""
-    try:
-        name = path.read_text().strip()
-    except OSError:
-        return None
-    return name if NAME.fullmatch(name) else None

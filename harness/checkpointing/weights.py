@@ -33,7 +33,7 @@ def weights_metadata(cfg: Config, classes: list[str], run_name: str, mixed_preci
     }
 
 
-def export_weights(accelerator: Accelerator, model, run: RunDir, name: str, meta: dict) -> None:
+def write_weights(accelerator: Accelerator, model, run: RunDir, name: str, meta: dict) -> None:
     """Write weights/<name>.safetensors and weights/meta.json. Every process must call it."""
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions; a collective
@@ -59,7 +59,7 @@ def copy_weights(run: RunDir, source: str, target: str) -> None:
         shutil.copyfile(run.weights_file(source), tmp)
 
 
-def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The state dict and the metadata (classes, image settings, model) of an exported weights file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found (was the run trained to the end of an epoch?)")
