@@ -38,13 +38,13 @@ from harness.optim.losses import build_criterion
 from harness.optim.optimizers import build_optimizer
 from harness.optim.schedules import build_scheduler, updates_per_epoch
 from harness.plan import RunPlan
-from harness.reporting import Reporter
+from harness.reporting.history import Reporter
+from harness.reporting.summary import RunSummary
 from harness.runtime.accelerator import environment
 from harness.runtime.collective import on_main
 from harness.runtime.deepspeed import size_deepspeed_buckets
 from harness.runtime.logs import log_to_file
 from harness.storage.rundir import RunDir
-from harness.summary import RunSummary
 
 logger = logging.getLogger(__name__)
 

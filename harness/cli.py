@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
+import importlib
 import os
 import sys
 from typing import Callable
@@ -13,6 +15,14 @@ USER_ERROR_EXIT = 2
 # What the machine, not the harness, got wrong: a full disk or quota, a read-only, missing or forbidden place.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
                       errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EIO}
+
+
+def run_command(target: str, args: argparse.Namespace) -> int:
+    """Run a command's body, ``"package.module:function"`` called with the parsed ``args``, as ``run_cli`` does.
+    Imported only now: ``--help`` and usage errors answer before torch is imported."""
+    module, _, function = target.partition(":")
+    command = getattr(importlib.import_module(module), function)
+    return run_cli(lambda: command(args))
 
 
 def run_cli(command: Callable[[], int]) -> int:

@@ -1,130 +1,31 @@
 """Compare runs side by side: ``python harness/compare.py runs/a runs/b ... [--plot compare.png]``.
 
-One row per run from its ``summary.json`` and ``config.yaml``: status, progress, the best validation metric and
-its epoch, the final test accuracy, and the config values that differ between the runs (a sweep's parameters);
-then the mean and standard deviation over the runs (a cross-validation's score). ``--plot`` draws the runs'
-curves (``history.csv``) on one figure.
+The entry point only parses the command line; ``harness.reporting.comparison`` does the rest.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import statistics
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import yaml  # noqa: E402
-
-from harness.cli import run_cli  # noqa: E402
-from harness.errors import ConfigError  # noqa: E402
-from harness.storage.rundir import RunDir
-
-SKIPPED_BEST = ("best_epoch", "best_checkpoint")
+from harness.cli import run_command  # noqa: E402
 
 
-def compare_table(paths: list[Path]) -> list[list[str]]:
-    """The rows of the comparison, a header first."""
-    runs = [_read(RunDir(path)) for path in paths]
-    varying = [key for key in sorted({k for _, config in runs for k in config})
-               if len({json.dumps(config.get(key), sort_keys=True) for _, config in runs}) > 1]
-    rows = [["run", "status", "epoch", "best val", "best epoch", "test acc", *varying]]
-    bests = [_best(summary) for summary, _ in runs]
-    for path, (summary, config), best in zip(paths, runs, bests):
-        rows.append([
-            path.name,
-            str(summary.get("status") or "-"),
-            f"{summary.get('epoch', '-')}/{summary.get('epochs', '-')}",
-            f"{best[0]} {_number(best[1])}" if best else "-",
-            str(summary.get("best_epoch") or "-"),
-            _number(summary.get("test_acc")),
-            *(_value(config.get(key)) for key in varying),
-        ])
-    monitors = {best[0] for best in bests if best}
-    tests = [summary["test_acc"] for summary, _ in runs if isinstance(summary.get("test_acc"), float)]
-    if len(runs) > 1 and len(monitors) == 1 and all(bests):  # e.g. the folds of a cross-validation
-        rows.append([f"mean ± std of {len(runs)}", "", "", f"{monitors.pop()} {_spread([b[1] for b in bests])}", "",
-                     _spread(tests) if len(tests) == len(runs) else "-", *([""] * len(varying))])
-    return rows
-
-
-def _best(summary: dict) -> tuple[str, float] | None:
-    """The monitored metric's best value, e.g. ("val_acc", 0.98), from ``best_val_acc``."""
-    for key, value in summary.items():
-        if key.startswith("best_") and key not in SKIPPED_BEST and isinstance(value, float):
-            return key[5:], value
-    return None
-
-
-def _spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
-
-
-def _read(run: RunDir) -> tuple[dict, dict]:
-    if not run.is_run():
-        raise ConfigError(f"{run.root}: not a run directory (no config.yaml)")
-    try:
-        summary = json.loads(run.summary_json.read_text())
-    except (OSError, ValueError):
-        summary = {}  # a run that failed before it wrote one still gets its row
-    return summary, _flat(yaml.safe_load(run.config.read_text()) or {})
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def _number(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
-
-
-def _value(value) -> str:
-    return _number(value) if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value
-
-
-def format_table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
-
-
-def plot_runs(paths: list[Path], out: Path) -> None:
-    """The runs' validation accuracy and losses per epoch on one figure, written to ``out`` (PNG)."""
-    from harness.plots import comparison_figure, save_png
-
-    histories = {}
-    for path in paths:
-        try:
-            with open(RunDir(path).history_csv, newline="") as f:
-                histories[path.name] = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no history.csv yet (the run has not finished an epoch)") from None
-    save_png(comparison_figure(histories), out)
-
-
-def compare(args: argparse.Namespace) -> int:
-    print(format_table(compare_table(args.runs)))
-    if args.plot:
-        plot_runs(args.runs, args.plot)
-        print(f"curves of {len(args.runs)} runs written to {args.plot}")
-    return 0
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Compare runs side by side (e.g. a sweep: runs/*-j1234_*): status, "
+                                     "progress, the best validation metric, the test accuracy and the config values "
+                                     "that differ; then their mean and standard deviation.")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the runs' curves on one figure there")
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Compare runs side by side (e.g. a sweep: runs/*-j1234_*).")
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories")
-    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the runs' curves on one figure there")
-    args = parser.parse_args(argv)
-    return run_cli(lambda: compare(args))
+    return run_command("harness.reporting.comparison:compare", parse_args(argv))
 
 
 if __name__ == "__main__":

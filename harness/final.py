@@ -18,8 +18,8 @@ from harness.evaluation.predictions import Predictions
 from harness.evaluation.selection import chosen_weights
 from harness.models.inputs import ModelInputs
 from harness.optim.schedules import lr_per_update, updates_per_epoch
-from harness.plots import curves_figure, save_png
-from harness.reporting import write_split_outputs
+from harness.reporting.outputs import write_split_outputs
+from harness.reporting.plots import curves_figure, save_png
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from harness.data.workers import batches_of
 from harness.models.inputs import ModelInputs
 from harness.optim.losses import build_criterion
 from harness.optim.optimizers import build_optimizer
-from harness.plots import save_png
+from harness.reporting.plots import save_png
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together, on_main
 from harness.runtime.logs import setup_logging

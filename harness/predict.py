@@ -11,7 +11,6 @@ from pathlib import Path
 
 
 from harness.api import trained_model
-from harness.compare import format_table
 from harness.config.loading import load_config
 from harness.config.naming import name_value
 from harness.config.schema import Config
@@ -25,7 +24,8 @@ from harness.evaluation.evaluate import evaluate
 from harness.evaluation.predictions import Predictions
 from harness.evaluation.tta import TTA_SETS
 from harness.models.inputs import ModelInputs
-from harness.reporting import write_split_outputs
+from harness.reporting.outputs import write_split_outputs
+from harness.reporting.tables import format_table
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together
 from harness.runtime.logs import setup_logging

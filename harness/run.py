@@ -13,12 +13,12 @@ from harness.build import Run, build_run
 from harness.errors import describe
 from harness.lock import RunLock
 from harness.plan import resolve_run
+from harness.reporting.summary import record_failure
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together
 from harness.runtime.deepspeed import zero_stage
 from harness.runtime.logs import setup_logging
 from harness.runtime.signals import TrainingInterrupted
-from harness.summary import record_failure
 from harness.trainer import Trainer
 
 logger = logging.getLogger(__name__)

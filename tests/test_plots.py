@@ -14,8 +14,9 @@ from PIL import Image
 from harness.config.schema import OptimConfig, SchedulerConfig
 from harness.optim.optimizers import build_optimizer
 from harness.optim.schedules import build_scheduler, lr_per_update
-from harness.plots import MISSING_GLYPH, comparison_figure, confusion_figure, curves_figure, drawable, save_png
-from harness.reporting import HISTORY_COLUMNS
+from harness.reporting.history import HISTORY_COLUMNS
+from harness.reporting.plots import (MISSING_GLYPH, comparison_figure, confusion_figure, curves_figure, drawable,
+                                     save_png)
 
 from conftest import REPO
 from test_sweep import fake_run

@@ -7,10 +7,11 @@ import sys
 import pytest
 import yaml
 
-from harness.compare import compare_table, format_table
 from harness.config.loading import load_config
 from harness.config.naming import run_name_for
 from harness.errors import ConfigError
+from harness.reporting.comparison import compare_table
+from harness.reporting.tables import format_table
 from harness.sweep import load_sweep, main as sweep_main
 
 from conftest import DIGITS, REPO

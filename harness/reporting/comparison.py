@@ -1,0 +1,108 @@
+"""Runs side by side: one row per run from its ``summary.json`` and ``config.yaml`` (status, progress, the best
+validation metric and its epoch, the final test accuracy, and the config values that differ between the runs, a
+sweep's parameters), then the mean and standard deviation over the runs (a cross-validation's score); and the
+runs' curves (``history.csv``) on one figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from harness.errors import ConfigError
+from harness.reporting.plots import comparison_figure, save_png
+from harness.reporting.tables import format_table
+from harness.storage.rundir import RunDir
+
+SKIPPED_BEST = ("best_epoch", "best_checkpoint")
+
+
+def compare_table(paths: list[Path]) -> list[list[str]]:
+    """The rows of the comparison, a header first."""
+    runs = [_read(RunDir(path)) for path in paths]
+    varying = [key for key in sorted({k for _, config in runs for k in config})
+               if len({json.dumps(config.get(key), sort_keys=True) for _, config in runs}) > 1]
+    rows = [["run", "status", "epoch", "best val", "best epoch", "test acc", *varying]]
+    bests = [_best(summary) for summary, _ in runs]
+    for path, (summary, config), best in zip(paths, runs, bests):
+        rows.append([
+            path.name,
+            str(summary.get("status") or "-"),
+            f"{summary.get('epoch', '-')}/{summary.get('epochs', '-')}",
+            f"{best[0]} {_number(best[1])}" if best else "-",
+            str(summary.get("best_epoch") or "-"),
+            _number(summary.get("test_acc")),
+            *(_value(config.get(key)) for key in varying),
+        ])
+    monitors = {best[0] for best in bests if best}
+    tests = [summary["test_acc"] for summary, _ in runs if isinstance(summary.get("test_acc"), float)]
+    if len(runs) > 1 and len(monitors) == 1 and all(bests):  # e.g. the folds of a cross-validation
+        rows.append([f"mean ± std of {len(runs)}", "", "", f"{monitors.pop()} {_spread([b[1] for b in bests])}", "",
+                     _spread(tests) if len(tests) == len(runs) else "-", *([""] * len(varying))])
+    return rows
+
+
+def _best(summary: dict) -> tuple[str, float] | None:
+    """The monitored metric's best value, e.g. ("val_acc", 0.98), from ``best_val_acc``."""
+    for key, value in summary.items():
+        if key.startswith("best_") and key not in SKIPPED_BEST and isinstance(value, float):
+            return key[5:], value
+    return None
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
+
+
+def _read(run: RunDir) -> tuple[dict, dict]:
+    if not run.is_run():
+        raise ConfigError(f"{run.root}: not a run directory (no config.yaml)")
+    try:
+        summary = json.loads(run.summary_json.read_text())
+    except (OSError, ValueError):
+        summary = {}  # a run that failed before it wrote one still gets its row
+    return summary, _flat(yaml.safe_load(run.config.read_text()) or {})
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+def _value(value) -> str:
+    return _number(value) if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value
+
+
+def plot_runs(paths: list[Path], out: Path) -> None:
+    """The runs' validation accuracy and losses per epoch on one figure, written to ``out`` (PNG)."""
+    histories = {}
+    for path in paths:
+        try:
+            with open(RunDir(path).history_csv, newline="") as f:
+                histories[path.name] = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no history.csv yet (the run has not finished an epoch)") from None
+    save_png(comparison_figure(histories), out)
+
+
+def compare(args: argparse.Namespace) -> int:
+    """The compare command (``harness/compare.py``): the table, and ``--plot``'s figure."""
+    print(format_table(compare_table(args.runs)))
+    if args.plot:
+        plot_runs(args.runs, args.plot)
+        print(f"curves of {len(args.runs)} runs written to {args.plot}")
+    return 0
