@@ -19,7 +19,8 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errn
 
 def run_command(target: str, args: argparse.Namespace) -> int:
     """Run a command's body, ``"package.module:function"`` called with the parsed ``args``, as ``run_cli`` does.
-    Imported only now: ``--help`` and usage errors answer before torch is imported."""
+    Imported only now, after the arguments are parsed: ``--help`` and usage errors answer before torch is
+    imported."""
     module, _, function = target.partition(":")
     command = getattr(importlib.import_module(module), function)
     return run_cli(lambda: command(args))

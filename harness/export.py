@@ -1,6 +1,6 @@
 """Export: ``python harness/export.py --run runs/<name> --format onnx|torchscript [--checkpoint best|last]``.
 
-The entry point only parses the command line; ``harness.exporting`` does the rest.
+The entry point only parses the command line; ``harness.inference.export`` does the rest.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import run_cli  # noqa: E402
+from harness.cli import run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,10 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)  # before the heavy imports: --help and usage errors answer at once
-    from harness.exporting import export
-
-    return run_cli(lambda: export(args))
+    return run_command("harness.inference.export:export", parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Infer: ``accelerate launch -q --config_file launch_configs/cpu.yaml harness/infer.py --run runs/<name> [--split test] [--checkpoint best|last] [--tta SET]``, or ``--ensemble RUN RUN ...``.
 
-The entry point only parses the command line; ``harness.predict`` does the rest.
+The entry point only parses the command line; ``harness.inference.command`` does the rest.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import run_cli  # noqa: E402
+from harness.cli import run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,10 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)  # before the heavy imports: --help and usage errors answer at once
-    from harness.predict import predict
-
-    return run_cli(lambda: predict(args))
+    return run_command("harness.inference.command:infer", parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Train: ``accelerate launch -q --config_file launch_configs/cpu.yaml harness/train.py --config configs/digits.yaml [section.key=value ...]``.
 
-The entry point only parses the command line; ``harness.run`` does the rest.
+The entry point only parses the command line; ``harness.training.command`` does the rest.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import run_cli  # noqa: E402
+from harness.cli import run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n".join(available_models(args.list_models)))
         return 0
-    from harness.run import train
-
-    return run_cli(lambda: train(args))
+    return run_command("harness.training.command:train", args)
 
 
 if __name__ == "__main__":

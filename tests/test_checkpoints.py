@@ -15,9 +15,9 @@ from harness.checkpointing.folders import MARKER, latest_checkpoint, manifest, r
 from harness.checkpointing.saving import clean_temporary, rotate, save_checkpoint
 from harness.checkpointing.state import TrainState
 from harness.errors import CheckpointError
-from harness.plan import resolve_checkpoint
 from harness.storage.atomic import write_atomic
 from harness.storage.rundir import RunDir
+from harness.training.plan import resolve_checkpoint
 
 from conftest import (DIGITS, FAST, PYTHON, assert_same_weights, fake_checkpoint, marker, plant, pointer, run_train,
                       summary)

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from harness.config.schema import EarlyStoppingConfig
-from harness.epoch import DataWait, EpochMeter, TrainedEpoch, epoch_record, stopped_early_at
 from harness.evaluation.predictions import Predictions
 from harness.evaluation.selection import beats, chosen_weights, scores
 from harness.reporting.history import HISTORY_COLUMNS
+from harness.training.features.early_stopping import stopped_early_at
+from harness.training.meter import DataWait, EpochMeter, TrainedEpoch, epoch_record
 
 
 def one_process(main: bool = True, others: list[torch.Tensor] = ()):
@@ -61,14 +62,14 @@ TRAINED = TrainedEpoch(loss=0.9, accuracy=0.6, images=100, seconds=4.0, data_wai
 
 
 def test_the_record_holds_every_history_column():
-    record = epoch_record(2, TRAINED, predictions([0.5, 1.5], [True, False]), 0.5, 0.01)
+    record = epoch_record(2, TRAINED, {"raw": predictions([0.5, 1.5], [True, False])}, 0.5, 0.01)
     assert record == {"epoch": 3, "train_loss": 0.9, "train_acc": 0.6, "val_loss": 1.0, "val_acc": 0.5,
                       "lr": 0.01, "epoch_seconds": 4.0, "train_images_per_second": 25.0,
                       "val_images_per_second": 4.0, "data_wait": 0.25}
     assert list(record) == HISTORY_COLUMNS
     assert beats(record, None, "val_acc")  # the first epoch is the best so far
-    averaged = epoch_record(2, TRAINED, predictions([0.5, 1.5], [True, False]), 0.5, 0.01,
-                            averaged=predictions([0.25, 0.25], [True, True]))
+    averaged = epoch_record(2, TRAINED, {"raw": predictions([0.5, 1.5], [True, False]),
+                                         "ema": predictions([0.25, 0.25], [True, True])}, 0.5, 0.01)
     assert list(averaged) == HISTORY_COLUMNS + ["ema_val_loss", "ema_val_acc"]
     assert (averaged["ema_val_loss"], averaged["ema_val_acc"]) == (0.25, 1.0)
 
@@ -100,7 +101,7 @@ BEST = {"val_acc": 0.5, "val_loss": 0.5}  # the best epoch's row so far
     ("val_loss", ([0.9, 0.9], [True, True]), False),  # higher loss
 ])
 def test_improvement_follows_the_monitored_metric_and_breaks_ties_by_the_other(monitor, val, improved):
-    assert beats(epoch_record(0, TRAINED, predictions(*val), 1.0, 0.01), BEST, monitor) is improved
+    assert beats(epoch_record(0, TRAINED, {"raw": predictions(*val)}, 1.0, 0.01), BEST, monitor) is improved
 
 
 @pytest.mark.parametrize("monitor, ema, chosen", [

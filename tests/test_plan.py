@@ -7,9 +7,9 @@ import yaml
 
 from harness.config.loading import load_config
 from harness.errors import CheckpointError, ConfigError
-from harness.plan import first_difference, resolve_run
 from harness.storage.rundir import RunDir
 from harness.train import parse_args
+from harness.training.plan import first_difference, resolve_run
 
 from conftest import DIGITS, fake_checkpoint
 
@@ -36,7 +36,7 @@ def test_a_new_run_starts_from_the_beginning_with_absolute_data_paths(tmp_path, 
     config = tmp_path / "folder.yaml"
     config.write_text(yaml.safe_dump({"data": {"root": "images"}}))
     new = plan("--config", config, "--output-dir", "runs", "optim.lr=0.5")
-    assert new.resume_from is None and new.run.root.resolve() == tmp_path / "runs" / "folder_lr0.5"
+    assert new.resume_from is None and new.rundir.root.resolve() == tmp_path / "runs" / "folder_lr0.5"
     assert new.cfg.data.root == str(tmp_path / "images") and new.cfg.optim.lr == 0.5
     assert not new.finished()
 
@@ -49,8 +49,8 @@ def test_overrides_may_come_before_or_after_the_options(tmp_path):
 
 def test_run_name_placeholder_stands_for_the_default_name(tmp_path):
     named = plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "{name}-j42", "optim.lr=0.5")
-    assert named.run.root == tmp_path / "digits_lr0.5-j42"
-    assert plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "x{name}").run.root == tmp_path / "xdigits"
+    assert named.rundir.root == tmp_path / "digits_lr0.5-j42"
+    assert plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "x{name}").rundir.root == tmp_path / "xdigits"
 
 
 def test_the_same_command_continues_the_latest_complete_checkpoint(tmp_path):
@@ -83,13 +83,13 @@ def test_refusals_name_the_reason_and_the_way_out(tmp_path):
     with pytest.raises(CheckpointError, match="--config is required to start a run"):
         plan("--output-dir", tmp_path)
     forced = plan("--config", DIGITS, "--output-dir", tmp_path, "--run-name", "digits", "optim.lr=0.1", "--force")
-    assert forced.resume_from is None and forced.run == run and forced.cfg.optim.lr == 0.1
+    assert forced.resume_from is None and forced.rundir == run and forced.cfg.optim.lr == 0.1
 
 
 def test_an_explicit_resume_uses_the_runs_own_config_with_overrides(tmp_path):
     run = existing_run(tmp_path, overrides=["train.epochs=3"], steps=[20, 40])
     resumed = plan("--resume", run.root, "train.epochs=5")
-    assert resumed.run == run and resumed.resume_from == run.checkpoint("step-00000040")
+    assert resumed.rundir == run and resumed.resume_from == run.checkpoint("step-00000040")
     assert resumed.cfg.train.epochs == 5 and resumed.cfg.name == "digits"
     best = plan("--resume", run.checkpoint("step-00000020"))
     assert best.resume_from == run.checkpoint("step-00000020") and best.cfg.train.epochs == 3

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import torch
 
 from harness.config.schema import Config
-from harness.poll import Poller
 from harness.runtime.signals import StopRequest
+from harness.training.poll import Poller
 
 
 def poller(**train) -> tuple[Poller, StopRequest]:

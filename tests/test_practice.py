@@ -15,13 +15,13 @@ from conftest import (DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, laun
                       weights)
 from accelerate.utils import set_seed
 
-from harness.averaging import WeightAverage
 from harness.checkpointing.loading import weights_only
 from harness.config.loading import load_config
 from harness.config.schema import EmaConfig, MixupConfig
-from harness.lr_finder import suggestion
-from harness.mixing import BatchMixer
 from harness.models.registry import build_model, classifier
+from harness.training.features.ema import WeightAverage
+from harness.training.features.mixup import Mixup
+from harness.tuning.lr_finder import suggestion
 
 # The weight average with batches mixed (mixup or CutMix, half each) and RandAugment: every source of
 # randomness the recipes add. After one epoch the average (of about the last ten updates) validates with a
@@ -48,11 +48,11 @@ def test_the_average_follows_its_formula_and_swaps_in_and_out_exactly():
     assert ema.decay_now() == 0.0  # the warmup: the first update copies the weights
     with torch.no_grad():
         model[0].weight.add_(1.0)
-    ema.update(model)
+    ema.after_update(model)
     assert torch.equal(ema.averages[0], start + 1.0) and ema.decay_now() == 0.25
     with torch.no_grad():
         model[0].weight.add_(1.0)
-    ema.update(model)
+    ema.after_update(model)
     assert torch.allclose(ema.averages[0], start + 1.0 + 0.75)  # decay 0.25: 3/4 of the way to the weights
     assert ema.decay_now() == 0.5  # the warmup is over
     own = model[0].weight.detach().clone()
@@ -67,26 +67,26 @@ def test_the_average_follows_its_formula_and_swaps_in_and_out_exactly():
 
 def test_a_batch_is_mixed_by_its_own_seed_into_soft_targets():
     images, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
-    mixup = BatchMixer(MixupConfig(alpha=0.4, cutmix_alpha=0.0), 3, seed=1, process=0)
+    mixup = Mixup(MixupConfig(alpha=0.4, cutmix_alpha=0.0), 3, seed=1, process=0)
     torch.manual_seed(5)
     before = torch.get_rng_state()
-    mixed, targets = mixup(images, labels, epoch=2, batch=7)
+    mixed, targets = mixup.mix(images, labels, epoch=2, batch=7)
     assert torch.equal(torch.get_rng_state(), before)  # seeded apart: the training RNG is left alone
-    again = mixup(images, labels, epoch=2, batch=7)
+    again = mixup.mix(images, labels, epoch=2, batch=7)
     assert torch.equal(again[0], mixed) and torch.equal(again[1], targets)  # the same batch: the same mix
     lam = targets[0, 0].item()  # sample 0 (class 0) is blended with the last one (class 2), rolled in
     assert 0 < lam < 1 and torch.allclose(targets.sum(1), torch.ones(6))
     assert torch.allclose(mixed, lam * images + (1 - lam) * images.roll(1, 0), atol=1e-6)
-    assert not torch.equal(mixup(images, labels, epoch=2, batch=8)[1], targets)  # another batch: another mix
-    assert not torch.equal(BatchMixer(MixupConfig(alpha=0.4, cutmix_alpha=0.0), 3, seed=1, process=1)(
+    assert not torch.equal(mixup.mix(images, labels, epoch=2, batch=8)[1], targets)  # another batch: another mix
+    assert not torch.equal(Mixup(MixupConfig(alpha=0.4, cutmix_alpha=0.0), 3, seed=1, process=1).mix(
         images, labels, epoch=2, batch=7)[1], targets)  # another process's batch too
     # CutMix: every pixel is the image's own or its neighbour's, the targets weighted by the areas
-    cut, cut_targets = BatchMixer(MixupConfig(alpha=0.0, cutmix_alpha=1.0), 3, 1, 0)(images, labels, 0, 0)
+    cut, cut_targets = Mixup(MixupConfig(alpha=0.0, cutmix_alpha=1.0), 3, 1, 0).mix(images, labels, 0, 0)
     own = (cut == images).all(1)  # samples x height x width: where the image kept its own pixels
     assert ((cut == images) | (cut == images.roll(1, 0))).all()
     assert torch.allclose(cut_targets[0, 0], own[0].float().mean())
     # prob 0: nothing is mixed, the targets are the labels
-    plain, one_hot = BatchMixer(MixupConfig(prob=0.0), 3, 1, 0)(images, labels, 0, 0)
+    plain, one_hot = Mixup(MixupConfig(prob=0.0), 3, 1, 0).mix(images, labels, 0, 0)
     assert plain is images and torch.equal(one_hot.argmax(1), labels) and torch.equal(one_hot.sum(1), torch.ones(6))
 
 

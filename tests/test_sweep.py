@@ -12,7 +12,8 @@ from harness.config.naming import run_name_for
 from harness.errors import ConfigError
 from harness.reporting.comparison import compare_table
 from harness.reporting.tables import format_table
-from harness.sweep import load_sweep, main as sweep_main
+from harness.sweep import main as sweep_main
+from harness.tuning.sweeps import load_sweep
 
 from conftest import DIGITS, REPO
 

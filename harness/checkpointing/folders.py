@@ -78,6 +78,11 @@ def latest_name(run: RunDir) -> str | None:
     return read_pointer(run.checkpoints / "latest")
 
 
+def latest_label(run: RunDir) -> str:
+    """What ``checkpoints/latest`` names, for a message: the name, or "none yet"."""
+    return latest_name(run) or "none yet"
+
+
 def latest_checkpoint(run: RunDir) -> Path | None:
     """The checkpoint named by ``latest`` if it is complete and intact, else the newest one that is (with a
     warning)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from harness.checkpointing.folders import (MARKER, STATE, TMP_PREFIX, checkpoint_name, complete_checkpoints,
-                                           latest_name, manifest)
+                                           latest_label, manifest)
 from harness.checkpointing.state import TrainState
 from harness.errors import StorageError
 from harness.runtime.collective import first_failure
@@ -44,7 +44,7 @@ def save_checkpoint(accelerator: Accelerator, run: RunDir, state: TrainState, ke
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise StorageError(f"{final} could not be written ({failure}); "
-                           f"the last checkpoint ({latest_name(run) or 'none yet'}) is intact: free space under "
+                           f"the last checkpoint ({latest_label(run)}) is intact: free space under "
                            f"{run.checkpoints}, then --resume {run.root}")
     if accelerator.is_main_process:
         if final.exists():  # a re-save of the same step: latest must not name it while the two swap

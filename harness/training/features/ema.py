@@ -5,7 +5,8 @@ statistics) is folded into its average, ``average += (1 - decay_t) * (weights - 
 rising linearly from 0 to ``decay`` over ``warmup_steps`` updates. Parameters are the same on every process,
 so their averages are; buffers are each process's own, and the main process's count (as for the model:
 evaluation and checkpoints use them). The average is saved in every checkpoint (``save_state``'s custom
-object) and resumed bit for bit.
+object) and resumed bit for bit. Each epoch validates it beside the weights (``ema_val_loss``, ``ema_val_acc``); the
+better of the two decides "best" and is what is exported and tested.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+from accelerate import Accelerator
+from torch import nn
 
-from harness.config.schema import EmaConfig
+from harness.config.schema import Config, EmaConfig
 from harness.runtime.accelerator import bare
+from harness.training.features.base import Feature, Swap
+
+NAME = "ema"  # what records and weights files call the average
 
 
-class WeightAverage:
+class WeightAverage(Feature):
+    @classmethod
+    def build(cls, cfg: Config, accelerator: Accelerator, model: nn.Module, num_classes: int) -> WeightAverage | None:
+        return cls(cfg.train.ema, model) if cfg.train.ema else None
+
     def __init__(self, cfg: EmaConfig, model) -> None:
         self.decay, self.warmup_steps = cfg.decay, cfg.warmup_steps
         self.names = [name for name, tensor in self._state(model).items() if tensor.is_floating_point()]
@@ -41,8 +51,11 @@ class WeightAverage:
             return self.decay
         return self.decay * min(1.0, self.updates / self.warmup_steps)
 
+    def weights(self) -> dict[str, Swap]:
+        return {NAME: self.swapped_in}
+
     @torch.no_grad()
-    def update(self, model) -> None:
+    def after_update(self, model) -> None:
         """Fold the model's weights after an optimizer update into the average."""
         current = self._tensors(model)
         weight = 1.0 - self.decay_now()

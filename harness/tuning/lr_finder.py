@@ -1,4 +1,4 @@
-"""The LR finder (``harness/lr_find.py``): the config's training step, from its initial weights, with the
+"""The LR finder (the ``harness/lr_find.py`` command): the config's training step, from its initial weights, with the
 learning rate rising exponentially from ``--start-lr`` to ``--end-lr`` over ``--steps`` optimizer updates.
 
 The loss of every update (the mean over every process's batch) is smoothed (an exponential moving average,
@@ -22,18 +22,18 @@ from typing import Iterator
 import numpy as np
 from accelerate.utils import set_seed
 
-from harness.build import build_train_loader, make_model
 from harness.config.loading import load_config
 from harness.data.cache import image_cache
-from harness.data.source import data_root
-from harness.data.splits import discover_splits
+from harness.data.loaders import train_loader
+from harness.data.source import run_splits
 from harness.data.workers import batches_of
 from harness.models.inputs import ModelInputs
+from harness.models.registry import training_model
 from harness.optim.losses import build_criterion
 from harness.optim.optimizers import build_optimizer
 from harness.reporting.plots import save_png
 from harness.runtime.accelerator import build_accelerator
-from harness.runtime.collective import leave_together, on_main
+from harness.runtime.collective import leave_together
 from harness.runtime.logs import setup_logging
 from harness.storage.atomic import atomic_path
 
@@ -49,11 +49,9 @@ def find_lr(args: argparse.Namespace) -> int:
     accelerator = build_accelerator(cfg.train.mixed_precision, 1, cfg.train.clip_grad_norm, cfg.train.batch_size)
     setup_logging(accelerator)
     set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
-    with accelerator.main_process_first():
-        root = data_root(cfg.data)
-    splits = on_main(accelerator, lambda: discover_splits(cfg.data, root))
-    loader = build_train_loader(cfg, splits, image_cache(cfg.data.cache, splits.root, splits.splits["train"], cfg.data))
-    model = make_model(cfg, len(splits.classes))
+    splits = run_splits(accelerator, cfg.data)
+    loader = train_loader(cfg, splits, image_cache(cfg.data.cache, splits.root, splits.splits["train"], cfg.data))
+    model = training_model(cfg, len(splits.classes))
     optimizer = build_optimizer(cfg.optim, model)
     criterion = build_criterion(cfg.loss, splits.class_counts("train")).to(accelerator.device)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

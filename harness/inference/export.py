@@ -20,13 +20,13 @@ from typing import Callable
 
 import torch
 
-from harness.api import trained_model
 from harness.config.loading import load_config
 from harness.data.loaders import eval_loader
 from harness.data.source import data_root
 from harness.data.splits import DataSplits
 from harness.data.workers import batches_of
 from harness.errors import CheckpointError, DataError, ExportMismatch, MissingDependency
+from harness.inference.trained import trained_model
 from harness.models.inputs import ModelInputs
 from harness.runtime.logs import setup_logging
 from harness.storage.atomic import atomic_path, write_atomic

@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 
-from harness.api import trained_model
 from harness.config.loading import load_config
 from harness.config.naming import name_value
 from harness.config.schema import Config
@@ -23,6 +22,7 @@ from harness.errors import CheckpointError, DataError
 from harness.evaluation.evaluate import evaluate
 from harness.evaluation.predictions import Predictions
 from harness.evaluation.tta import TTA_SETS
+from harness.inference.trained import trained_model
 from harness.models.inputs import ModelInputs
 from harness.reporting.outputs import write_split_outputs
 from harness.reporting.tables import format_table
@@ -35,7 +35,7 @@ from harness.storage.rundir import RunDir
 logger = logging.getLogger(__name__)
 
 
-def predict(args: argparse.Namespace) -> int:
+def infer(args: argparse.Namespace) -> int:
     runs = [RunDir(Path(path)) for path in (args.ensemble or [args.run])]
     for run in runs:
         if not run.config.is_file():

@@ -14,9 +14,9 @@ from harness.checkpointing.folders import STATE, latest_checkpoint, read_marker,
 from harness.config.loading import load_config
 from harness.config.naming import checked_run_name, run_name_for
 from harness.config.schema import Config
-from harness.epoch import stopped_early_at
 from harness.errors import CheckpointError
 from harness.storage.rundir import RunDir
+from harness.training.features.early_stopping import stopped_early_at
 
 START_OVER_HINT = "--run-name NAME starts another run, --force starts over in it (deleting it)"
 
@@ -24,7 +24,7 @@ START_OVER_HINT = "--run-name NAME starts another run, --force starts over in it
 @dataclass
 class RunPlan:
     cfg: Config
-    run: RunDir
+    rundir: RunDir
     resume_from: Path | None  # the checkpoint to continue from; None: start from the beginning
 
     def finished(self) -> str | None:
@@ -34,14 +34,14 @@ class RunPlan:
         if self.resume_from is None:
             return None
         try:
-            status = json.loads(self.run.summary_json.read_text()).get("status")
+            status = json.loads(self.rundir.summary_json.read_text()).get("status")
             epoch = read_marker(self.resume_from)["epoch"]
             history = json.loads((self.resume_from / STATE).read_text()).get("history", [])
         except (OSError, ValueError, KeyError, AttributeError):
             return None
         if status != "completed":
             return None
-        again = f"--resume {self.run.root}"
+        again = f"--resume {self.rundir.root}"
         if epoch >= self.cfg.train.epochs:
             return (f"completed its {self.cfg.train.epochs} epochs: nothing to do ({again} train.epochs=N trains "
                     "longer, --force starts over)")
@@ -54,30 +54,30 @@ class RunPlan:
 def resolve_run(args: argparse.Namespace) -> RunPlan:
     """Decide what this command does: continue which checkpoint of which run, or start which run afresh."""
     if args.resume not in ("auto", "never"):
-        run, checkpoint = resolve_checkpoint(Path(args.resume))
-        cfg = load_config(args.config or run.config, args.overrides)
+        rundir, checkpoint = resolve_checkpoint(Path(args.resume))
+        cfg = load_config(args.config or rundir.config, args.overrides)
         cfg.data.settle()
-        return RunPlan(cfg, run, checkpoint)
+        return RunPlan(cfg, rundir, checkpoint)
     if not args.config:
         raise CheckpointError("--config is required to start a run (or --resume RUN_DIR to continue one)")
     cfg = load_config(args.config, args.overrides)
     cfg.data.settle()
     name = (args.run_name or "{name}").replace("{name}", run_name_for(cfg, args.overrides))
-    run = RunDir(Path(args.output_dir) / checked_run_name(name))
-    if not run.root.exists() or (run.root.is_dir() and not any(run.root.iterdir())):
-        return RunPlan(cfg, run, None)
-    if not run.is_run():
-        raise CheckpointError(f"{run.root} exists and is not a run directory (--force deletes only runs): "
+    rundir = RunDir(Path(args.output_dir) / checked_run_name(name))
+    if not rundir.root.exists() or (rundir.root.is_dir() and not any(rundir.root.iterdir())):
+        return RunPlan(cfg, rundir, None)
+    if not rundir.is_run():
+        raise CheckpointError(f"{rundir.root} exists and is not a run directory (--force deletes only runs): "
                               "choose another --run-name or --output-dir")
     if args.force:
-        return RunPlan(cfg, run, None)
+        return RunPlan(cfg, rundir, None)
     if args.resume == "never":
-        raise CheckpointError(f"{run.root} already holds a run (--resume never): {START_OVER_HINT}")
-    changed = first_difference(load_config(run.config).to_dict(), cfg.to_dict())
+        raise CheckpointError(f"{rundir.root} already holds a run (--resume never): {START_OVER_HINT}")
+    changed = first_difference(load_config(rundir.config).to_dict(), cfg.to_dict())
     if changed:
-        raise CheckpointError(f"{run.root} holds a run with another config ({changed}): --resume {run.root} "
+        raise CheckpointError(f"{rundir.root} holds a run with another config ({changed}): --resume {rundir.root} "
                               f"continues it with its own config, {START_OVER_HINT}")
-    return RunPlan(cfg, run, latest_checkpoint(run))  # None: it never got to a checkpoint; start over
+    return RunPlan(cfg, rundir, latest_checkpoint(rundir))  # None: it never got to a checkpoint; start over
 
 
 def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:
@@ -89,11 +89,11 @@ def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:
             raise CheckpointError(f"--resume {path}: does not name a checkpoint")
         path = path.parent / name
     if RunDir(path).is_run():
-        run = RunDir(path)
-        found = latest_checkpoint(run)
+        rundir = RunDir(path)
+        found = latest_checkpoint(rundir)
         if found is None:
-            raise CheckpointError(f"--resume {path}: no complete checkpoint in {run.checkpoints}")
-        return run, found
+            raise CheckpointError(f"--resume {path}: no complete checkpoint in {rundir.checkpoints}")
+        return rundir, found
     if path.parent.name == "checkpoints" and path.is_dir():
         problem = verify(path, content=True)
         if problem:

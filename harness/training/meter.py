@@ -13,10 +13,10 @@ from typing import Iterator
 import torch
 from accelerate import Accelerator
 
-from harness.config.schema import EarlyStoppingConfig
 from harness.data.workers import batches_of
 from harness.evaluation.predictions import Predictions
-from harness.evaluation.selection import HIGHER_IS_BETTER, scores
+from harness.evaluation.selection import OWN
+
 
 @dataclass
 class TrainedEpoch:
@@ -86,39 +86,25 @@ class EpochMeter:
                             data_wait_seconds)
 
 
-def epoch_record(epoch: int, trained: TrainedEpoch, val: Predictions, val_seconds: float, lr: float,
-                 averaged: Predictions | None = None) -> dict:
-    """The history row of ``epoch`` (0-based); ``averaged``: the validation of the weight average
-    (``train.ema``). Throughput counts the images of every process. Pure: nothing is read or written."""
+def epoch_record(epoch: int, trained: TrainedEpoch, val: dict[str, Predictions], val_seconds: float, lr: float
+                 ) -> dict:
+    """The history row of ``epoch`` (0-based). ``val``: the validation of the model's own weights (``raw``) and of
+    the other weights features keep (``ema``: ``train.ema``), whose figures follow as ``<name>_val_loss``,
+    ``<name>_val_acc``. Throughput counts the images of every process. Pure: nothing is read or written."""
+    own = val[OWN]
     record = {
         "epoch": epoch + 1,
         "train_loss": trained.loss,
         "train_acc": trained.accuracy,
-        "val_loss": val.loss(),
-        "val_acc": val.accuracy(),
+        "val_loss": own.loss(),
+        "val_acc": own.accuracy(),
         "lr": lr,
         "epoch_seconds": trained.seconds,
         "train_images_per_second": trained.images / max(trained.seconds, 1e-9),
-        "val_images_per_second": len(val) / max(val_seconds, 1e-9),
+        "val_images_per_second": len(own) / max(val_seconds, 1e-9),
         "data_wait": trained.data_wait_seconds / max(trained.seconds, 1e-9),
     }
-    if averaged is not None:
-        record.update(ema_val_loss=averaged.loss(), ema_val_acc=averaged.accuracy())
+    for name, preds in val.items():
+        if name != OWN:
+            record.update({f"{name}_val_loss": preds.loss(), f"{name}_val_acc": preds.accuracy()})
     return record
-
-
-def stopped_early_at(history: list[dict], monitor: str, rule: EarlyStoppingConfig | None) -> int | None:
-    """The epoch (from 1) after which ``train.early_stopping`` ends a run with ``history``: the
-    ``patience``-th in a row whose ``monitor`` did not improve on the best so far by more than ``min_delta``."""
-    if rule is None:
-        return None
-    reference, waited = None, 0
-    for record in history:
-        value = scores(record, monitor)[monitor]
-        if reference is None or (value - reference if HIGHER_IS_BETTER[monitor] else reference - value) > rule.min_delta:
-            reference, waited = value, 0
-        else:
-            waited += 1
-            if waited >= rule.patience:
-                return record["epoch"]
-    return None

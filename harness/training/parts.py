@@ -1,7 +1,7 @@
-"""Building a training run: its parts, made and prepared by the Accelerator in the order it needs, in one object.
+"""The parts of a training run, built and prepared by the Accelerator in the order it needs, in one object.
 
 seed -> splits -> loaders -> model, optimizer, loss -> run directory -> prepare (loaders first, then model,
-optimizer and scheduler together) -> [load_checkpoint] -> reporter and summary.
+optimizer and scheduler together) -> features -> [load_checkpoint] -> reporter and summary.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
@@ -20,38 +19,36 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from harness.averaging import WeightAverage
 from harness.checkpointing.loading import load_checkpoint
 from harness.checkpointing.saving import clean_temporary
 from harness.checkpointing.state import TrainState
 from harness.checkpointing.weights import weights_metadata
 from harness.config.schema import Config
-from harness.data.cache import ImageCache, image_cache
-from harness.data.loaders import ImageListDataset, build_loader, eval_loader
-from harness.data.source import data_root
-from harness.data.splits import DataSplits, discover_splits
-from harness.data.transforms import build_transform
+from harness.data.loaders import training_loaders
+from harness.data.source import run_splits
+from harness.data.splits import DataSplits
 from harness.data.workers import loader_workers
 from harness.models.buffers import match_buffers_to_params
-from harness.models.registry import build_model, num_parameters
+from harness.models.registry import num_parameters, training_model
 from harness.optim.losses import build_criterion
 from harness.optim.optimizers import build_optimizer
 from harness.optim.schedules import build_scheduler, updates_per_epoch
-from harness.plan import RunPlan
 from harness.reporting.history import Reporter
 from harness.reporting.summary import RunSummary
 from harness.runtime.accelerator import environment
-from harness.runtime.collective import on_main
 from harness.runtime.deepspeed import size_deepspeed_buckets
 from harness.runtime.logs import log_to_file
 from harness.storage.rundir import RunDir
+from harness.training.features.base import Features
+from harness.training.features.registry import build_features
+from harness.training.plan import RunPlan
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class Run:
-    """A training run, built and prepared: everything the Trainer works with."""
+class Parts:
+    """A training run's parts, built and prepared: everything the Trainer works with."""
 
     accelerator: Accelerator
     cfg: Config
@@ -63,30 +60,25 @@ class Run:
     optimizer: Optimizer
     scheduler: LRScheduler
     criterion: nn.Module
-    averaging: WeightAverage | None  # train.ema
+    features: Features  # the weight average, early stopping, mixup, ... (harness.training.features)
     state: TrainState  # restored from the checkpoint when resuming
     reporter: Reporter
     summary: RunSummary
-    weights_meta: dict  # what every exported weights file carries
+    weights_meta: dict  # what every weights file of the run carries
 
 
-def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
-    cfg, rundir = plan.cfg, plan.run
+def build_parts(plan: RunPlan, accelerator: Accelerator) -> Parts:
+    cfg, rundir = plan.cfg, plan.rundir
     set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
-    with accelerator.main_process_first():  # materialise built-in data once
-        root = data_root(cfg.data)
-    if plan.resume_from:
-        splits = DataSplits.load(rundir.splits, root)
-    else:  # found and checked once, so that every process trains on exactly the same images
-        splits = on_main(accelerator, lambda: discover_splits(cfg.data, root))
-    train_loader, eval_loaders = build_loaders(cfg, splits)
-    model = make_model(cfg, len(splits.classes))
+    splits = run_splits(accelerator, cfg.data, saved=rundir.splits if plan.resume_from else None)
+    train_loader, eval_loaders = training_loaders(cfg, splits)
+    model = training_model(cfg, len(splits.classes))
     optimizer = build_optimizer(cfg.optim, model)
     criterion = build_criterion(cfg.loss, splits.class_counts("train")).to(accelerator.device)
 
     _prepare_run_dir(accelerator, rundir, cfg, splits, fresh=plan.resume_from is None)
     env = environment(accelerator)
-    notes = _announce(rundir, env, root, splits, cfg)
+    notes = _announce(rundir, env, splits, cfg)
 
     # Loaders first: the schedule is defined in optimizer updates, which depend on the per-process loader length.
     train_loader, *prepared_eval = accelerator.prepare(train_loader, *eval_loaders.values())
@@ -94,14 +86,14 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs,
                                 updates_per_epoch(len(train_loader), cfg.train.grad_accum_steps),
                                 cfg.model.freeze_backbone_epochs)
-    # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
     parameters = num_parameters(model)  # before ZeRO-3 partitions them
     size_deepspeed_buckets(accelerator, parameters)
+    # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     match_buffers_to_params(model)
-    averaging = WeightAverage(cfg.train.ema, model) if cfg.train.ema else None
-    if averaging is not None:  # before a checkpoint is loaded: it holds the average too
-        accelerator.register_for_checkpointing(averaging)
+    features = build_features(cfg, accelerator, model, len(splits.classes))
+    for feature in features.with_state():  # before a checkpoint is loaded: it holds their state too
+        accelerator.register_for_checkpointing(feature)
     state = _restore(accelerator, cfg, plan.resume_from)
 
     main = accelerator.is_main_process
@@ -114,60 +106,25 @@ def build_run(plan: RunPlan, accelerator: Accelerator) -> Run:
         "images": {split: len(samples) for split, samples in splits.splits.items()},
         "skipped_images": len(splits.skipped), "warnings": notes,
     }
-    return Run(
-        accelerator, cfg, rundir, splits, train_loader, eval_loaders, model, optimizer, scheduler, criterion, averaging,
-        state,
-        reporter, summary=RunSummary(rundir, main, state, cfg.train.epochs, cfg.checkpoint.monitor, facts),
+    return Parts(
+        accelerator, cfg, rundir, splits, train_loader, eval_loaders, model, optimizer, scheduler, criterion, features,
+        state, reporter, summary=RunSummary(rundir, main, state, cfg.train.epochs, cfg.checkpoint.monitor, facts),
         weights_meta=weights_metadata(cfg, splits.classes, rundir.name, accelerator.mixed_precision),
     )
 
 
-def build_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """The shuffled, augmented train loader, and one unshuffled, unaugmented loader per split; the loaders
-    read every epoch (train, val) keep their workers. A split's image cache serves both its loaders."""
-    caches = {split: image_cache(cfg.data.cache, splits.root, samples, cfg.data)
-              for split, samples in splits.splits.items()}
-    train_loader = build_train_loader(cfg, splits, caches["train"])
-    batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
-    eval_loaders = {split: eval_loader(cfg.data, splits.root, samples, batch_size, cfg.train.seed,
-                                       cache=caches[split], persistent=split == "val")
-                    for split, samples in splits.splits.items()}
-    return train_loader, eval_loaders
-
-
-def build_train_loader(cfg: Config, splits: DataSplits, cache: ImageCache | None) -> DataLoader:
-    """The shuffled, augmented loader of the train split, its workers kept across epochs."""
-    train_set = ImageListDataset(splits.root, splits.splits["train"], build_transform(cfg.data, train=True),
-                                 augment_seed=cfg.train.seed, max_pixels=cfg.data.max_image_pixels, cache=cache)
-    return build_loader(train_set, cfg.train.batch_size, num_workers=loader_workers(cfg.data), seed=cfg.train.seed,
-                        shuffle=True, persistent=True)
-
-
-def _announce(rundir: RunDir, env: dict, root: Path, splits: DataSplits, cfg: Config) -> list[str]:
+def _announce(rundir: RunDir, env: dict, splits: DataSplits, cfg: Config) -> list[str]:
     """Log where and on what the run trains, and warn of what the data check and the config noted (returned)."""
     distributed = "" if env["distributed_type"] == "NO" else f" ({env['distributed_type']})"
     logger.info(f"run {rundir.root}  ({env['num_processes']} process(es){distributed}, device {env['device']}, "
                 f"{env['threads']} thread(s) each, mixed precision {env['mixed_precision']})")
-    logger.info(f"data {root}: {len(splits.classes)} classes, "
+    logger.info(f"data {splits.root}: {len(splits.classes)} classes, "
                 + ", ".join(f"{split} {len(samples)}" for split, samples in splits.splits.items())
                 + f"; {loader_workers(cfg.data)} loader worker(s) per process, cache {cfg.data.cache}")
     notes = splits.notes + cfg.notes()
     for note in notes:
         logger.warning(note)
     return notes
-
-
-def make_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The model of ``model.*``, in its memory format, compiled with ``train.compile``."""
-    model = build_model(cfg.model, num_classes)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        # In place, so that the state dict (checkpoints, weights) keeps its keys. One graph for every batch
-        # size: otherwise a last, smaller batch recompiles with other kernels, and a resumed run, which meets
-        # the sizes in another order, would compute with other kernels than the run it continues.
-        model.compile(dynamic=True)
-    return model
 
 
 def _prepare_run_dir(accelerator: Accelerator, rundir: RunDir, cfg: Config, splits: DataSplits, fresh: bool) -> None:

@@ -1,4 +1,4 @@
-"""A training command from start to end: plan -> build -> ``Trainer.fit`` -> ``Trainer.test``.
+"""The train command from start to end: plan -> build the parts -> ``Trainer.fit`` -> ``Trainer.finish``.
 
 This is the one place that sets a run's status in summary.json: ``running`` while it trains, then
 ``completed``, ``interrupted`` (a stop signal or ``--stop-after-epochs``, after a checkpoint) or ``failed``.
@@ -9,17 +9,17 @@ from __future__ import annotations
 import argparse
 import logging
 
-from harness.build import Run, build_run
 from harness.errors import describe
-from harness.lock import RunLock
-from harness.plan import resolve_run
 from harness.reporting.summary import record_failure
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together
 from harness.runtime.deepspeed import zero_stage
 from harness.runtime.logs import setup_logging
 from harness.runtime.signals import TrainingInterrupted
-from harness.trainer import Trainer
+from harness.training.lock import RunLock
+from harness.training.parts import Parts, build_parts
+from harness.training.plan import resolve_run
+from harness.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -33,48 +33,48 @@ def train(args: argparse.Namespace) -> int:
                                     cfg.train.batch_size)
     setup_logging(accelerator)
     cfg.train.check_engine(zero_stage(accelerator))
-    lock = RunLock(first.run)
+    lock = RunLock(first.rundir)
     lock.acquire(accelerator)
     try:
         plan = resolve_run(args)  # decided again under the lock: another training may have changed the run
         finished = plan.finished()
         if finished:
-            logger.info(f"{plan.run.root} already {finished}")
+            logger.info(f"{plan.rundir.root} already {finished}")
             return 0
         try:
-            run = build_run(plan, accelerator)
+            parts = build_parts(plan, accelerator)
         except BaseException as error:  # e.g. a checkpoint that does not load: the summary must not say completed
             if accelerator.is_main_process:
-                record_failure(plan.run, describe(error))
+                record_failure(plan.rundir, describe(error))
             raise
-        return execute(run, args.stop_after_epochs)
+        return execute(parts, args.stop_after_epochs)
     finally:
         lock.release()
 
 
-def execute(run: Run, stop_after_epochs: int | None = None) -> int:
-    """Train and test a built run, keeping its status; returns the exit code."""
-    trainer = Trainer(run)
-    run.summary.write(status="running")
+def execute(parts: Parts, stop_after_epochs: int | None = None) -> int:
+    """Train a built run and evaluate its best weights, keeping its status; returns the exit code."""
+    trainer = Trainer(parts)
+    parts.summary.write(status="running")
     try:
         trainer.fit(stop_after_epochs)
-        results = trainer.test()
+        results = trainer.finish()
     except TrainingInterrupted as stop:
-        run.summary.write(status="interrupted", reason=str(stop))
-        logger.warning(f"{stop}; continue with --resume {run.rundir.root}")
-        leave_together(run.accelerator)
+        parts.summary.write(status="interrupted", reason=str(stop))
+        logger.warning(f"{stop}; continue with --resume {parts.rundir.root}")
+        leave_together(parts.accelerator)
         return stop.exit_code
     except KeyboardInterrupt:  # during the final evaluation, after the last checkpoint: resuming redoes it
-        run.summary.write(status="interrupted", reason="KeyboardInterrupt")
+        parts.summary.write(status="interrupted", reason="KeyboardInterrupt")
         raise
     except BaseException as error:
-        run.summary.write_if_possible(status="failed", error=describe(error))
+        parts.summary.write_if_possible(status="failed", error=describe(error))
         raise
     finally:
-        run.reporter.close()
-    run.summary.write(status="completed", **results)
-    logger.info(f"done: best {run.cfg.checkpoint.monitor} {run.state.best_metric:.4f} (epoch {run.state.best_epoch}), "
+        parts.reporter.close()
+    parts.summary.write(status="completed", **results)
+    logger.info(f"done: best {parts.cfg.checkpoint.monitor} {parts.state.best_metric:.4f} (epoch {parts.state.best_epoch}), "
                 + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith("_acc"))
-                + f"; outputs in {run.rundir.root}")
-    leave_together(run.accelerator)
+                + f"; outputs in {parts.rundir.root}")
+    leave_together(parts.accelerator)
     return 0

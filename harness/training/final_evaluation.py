@@ -1,0 +1,77 @@
+"""The end of a run: the best weights evaluated on every split, with reports, predictions, curves and figures.
+
+"The best weights" are the best epoch's chosen ones (``harness.evaluation.selection.chosen_weights``): the model's
+own, or other weights a feature keeps (the weight average of ``train.ema``) when those validated better.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+
+from harness.checkpointing.loading import restore_best
+from harness.checkpointing.weights import write_weights
+from harness.data.workers import release_workers
+from harness.evaluation.evaluate import evaluate
+from harness.evaluation.predictions import Predictions
+from harness.evaluation.selection import OWN, chosen_weights
+from harness.models.inputs import ModelInputs
+from harness.optim.schedules import lr_per_update, updates_per_epoch
+from harness.reporting.outputs import write_split_outputs
+from harness.reporting.plots import curves_figure, save_png
+from harness.training.parts import Parts
+
+logger = logging.getLogger(__name__)
+
+
+def weights_of(parts: Parts, record: dict):
+    """A context in which ``parts.model`` holds the weights ``record``'s epoch chose."""
+    chosen = chosen_weights(record, parts.cfg.checkpoint.monitor)
+    return nullcontext() if chosen == OWN else parts.features.weights()[chosen](parts.model)
+
+
+def weights_meta(parts: Parts, record: dict) -> dict:
+    """What a weights file of ``record``'s epoch carries."""
+    return {**parts.weights_meta, "epoch": record["epoch"], "weights": chosen_weights(record, parts.cfg.checkpoint.monitor),
+            "val_acc": record["val_acc"], "val_loss": record["val_loss"]}
+
+
+def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[str, Predictions]] | None
+                  ) -> dict[str, float]:
+    """Load the best checkpoint; evaluate each split; write reports, predictions, curves and figures.
+    ``last_val``: this session's last validation, (epoch, predictions by weights), reused when it is the best's."""
+    state = parts.state
+    restore_best(parts.accelerator, parts.rundir, state)
+    best = state.history[state.best_epoch - 1]
+    weights = chosen_weights(best, parts.cfg.checkpoint.monitor)
+    results = {}
+    with weights_of(parts, best):
+        # Written again from the loaded model, so it matches the best checkpoint whatever stopped in between.
+        write_weights(parts.accelerator, parts.model, parts.rundir, "best", weights_meta(parts, best))
+        logger.info(f"evaluating the best weights (epoch {state.best_epoch}, {state.best_checkpoint}"
+                    + ("" if weights == OWN else f", the {weights} weights") + ")")
+        for split, loader in parts.eval_loaders.items():
+            reuse = split == "val" and last_val and last_val[0] == state.best_epoch == state.epoch
+            preds = last_val[1][weights] if reuse else evaluate(parts.accelerator, parts.model, loader, inputs)
+            release_workers(loader)
+            results[f"{split}_acc"], results[f"{split}_loss"] = preds.accuracy(), preds.loss()
+            logger.info(f"{split}: accuracy {preds.accuracy():.4f} loss {preds.loss():.4f} ({len(preds)} images)")
+            if parts.accelerator.is_main_process:
+                _write_split(parts, split, preds)
+    if parts.accelerator.is_main_process:
+        updates = updates_per_epoch(len(parts.train_loader), parts.cfg.train.grad_accum_steps)
+        rates = lr_per_update(parts.cfg.optim, parts.cfg.scheduler, parts.cfg.train.epochs, updates,
+                              parts.cfg.model.freeze_backbone_epochs)
+        save_png(curves_figure(state.history, rates, updates, state.best_epoch), parts.rundir.reports / "curves.png")
+    return results
+
+
+def _write_split(parts: Parts, split: str, preds: Predictions) -> None:
+    pixels = write_split_outputs(
+        preds, parts.splits.classes, [path for path, _ in parts.splits.splits[split]],
+        report=parts.rundir.reports / f"classification_report_{split}.txt",
+        matrix_png=parts.rundir.reports / f"confusion_matrix_{split}.png",
+        csv_path=parts.rundir.predictions / f"{split}.csv",
+        title=f"{parts.rundir.name} - {split} (best, epoch {parts.state.best_epoch})",
+    )
+    parts.reporter.image(f"confusion_matrix/{split}", pixels, parts.state.global_step)

@@ -1,0 +1,1 @@
+"""Tuning: the LR finder, and sweeps of runs over config values (k-fold included)."""
