@@ -73,42 +73,42 @@ def verify(path: Path, content: bool = False) -> str | None:
     return None
 
 
-def latest_name(run: RunDir) -> str | None:
+def latest_name(rundir: RunDir) -> str | None:
     """What ``checkpoints/latest`` names (None before the first save)."""
-    return read_pointer(run.checkpoints / "latest")
+    return read_pointer(rundir.checkpoints / "latest")
 
 
-def latest_label(run: RunDir) -> str:
+def latest_label(rundir: RunDir) -> str:
     """What ``checkpoints/latest`` names, for a message: the name, or "none yet"."""
-    return latest_name(run) or "none yet"
+    return latest_name(rundir) or "none yet"
 
 
-def latest_checkpoint(run: RunDir) -> Path | None:
+def latest_checkpoint(rundir: RunDir) -> Path | None:
     """The checkpoint named by ``latest`` if it is complete and intact, else the newest one that is (with a
     warning)."""
-    pointed = latest_name(run)
-    if pointed and verify(run.checkpoint(pointed), content=True) is None:
-        return run.checkpoint(pointed)
-    for path in reversed(step_folders(run)):
+    pointed = latest_name(rundir)
+    if pointed and verify(rundir.checkpoint(pointed), content=True) is None:
+        return rundir.checkpoint(pointed)
+    for path in reversed(step_folders(rundir)):
         problem = verify(path, content=True)
         if problem is None:
-            logger.warning(f"{run.checkpoints / 'latest'} names {pointed or 'nothing'} that is not usable: "
+            logger.warning(f"{rundir.checkpoints / 'latest'} names {pointed or 'nothing'} that is not usable: "
                            f"falling back to {path.name}")
             return path
         logger.warning(f"skipping checkpoint {path}: {problem}")
     return None
 
 
-def step_folders(run: RunDir) -> list[Path]:
+def step_folders(rundir: RunDir) -> list[Path]:
     """The run's ``step-*`` folders, oldest first, complete or not."""
-    if not run.checkpoints.is_dir():
+    if not rundir.checkpoints.is_dir():
         return []
-    return sorted(p for p in run.checkpoints.iterdir() if p.is_dir() and NAME.fullmatch(p.name))
+    return sorted(p for p in rundir.checkpoints.iterdir() if p.is_dir() and NAME.fullmatch(p.name))
 
 
-def complete_checkpoints(run: RunDir) -> list[str]:
+def complete_checkpoints(rundir: RunDir) -> list[str]:
     """The names of the run's complete checkpoints, oldest first."""
-    return [path.name for path in step_folders(run) if verify(path) is None]
+    return [path.name for path in step_folders(rundir) if verify(path) is None]
 
 
 def read_pointer(path: Path) -> str | None:

@@ -91,11 +91,11 @@ def _check_rng_states(path: Path, process_index: int) -> None:
         raise ValueError(f"random_states_{process_index}.pkl lacks {sorted(missing)}")
 
 
-def restore_best(accelerator: Accelerator, run: RunDir, state: TrainState) -> None:
+def restore_best(accelerator: Accelerator, rundir: RunDir, state: TrainState) -> None:
     """Give the model the weights of the best checkpoint (unless the last epoch was the best) and keep the
     progress in ``state``: loading would otherwise roll it back to that checkpoint's. Every process calls it."""
     if state.best_epoch == state.epoch:
         return
     progress = state.state_dict()
-    load_checkpoint(accelerator, run.checkpoint(state.best_checkpoint), state)
+    load_checkpoint(accelerator, rundir.checkpoint(state.best_checkpoint), state)
     state.load_state_dict(progress)

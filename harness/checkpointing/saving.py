@@ -32,29 +32,29 @@ logger = logging.getLogger(__name__)
 
 
 
-def save_checkpoint(accelerator: Accelerator, run: RunDir, state: TrainState, keep_last: int) -> str:
+def save_checkpoint(accelerator: Accelerator, rundir: RunDir, state: TrainState, keep_last: int) -> str:
     """Save the full training state as checkpoints/step-<global_step>, atomically, then point ``latest`` (and
     ``best``) at it and rotate. Every process must call it. Returns the checkpoint's name. A save that fails
     on any process (a full disk) fails on all of them, leaves the previous checkpoints as they were and is a
     StorageError."""
     name = checkpoint_name(state.global_step)
-    final, tmp = run.checkpoint(name), run.checkpoints / f"{TMP_PREFIX}{name}"
+    final, tmp = rundir.checkpoint(name), rundir.checkpoints / f"{TMP_PREFIX}{name}"
     _, failure = first_failure(accelerator, lambda: _write_folder(accelerator, tmp, name, state))
     if failure:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise StorageError(f"{final} could not be written ({failure}); "
-                           f"the last checkpoint ({latest_label(run)}) is intact: free space under "
-                           f"{run.checkpoints}, then --resume {run.root}")
+                           f"the last checkpoint ({latest_label(rundir)}) is intact: free space under "
+                           f"{rundir.checkpoints}, then --resume {rundir.root}")
     if accelerator.is_main_process:
         if final.exists():  # a re-save of the same step: latest must not name it while the two swap
-            _point_latest_before(run, name)
+            _point_latest_before(rundir, name)
         _swap_into_place(tmp, final)
-        fsync(run.checkpoints)
-        write_atomic(run.checkpoints / "latest", name + "\n")
+        fsync(rundir.checkpoints)
+        write_atomic(rundir.checkpoints / "latest", name + "\n")
         if state.best_checkpoint:
-            write_atomic(run.checkpoints / "best", state.best_checkpoint + "\n")
-        rotate(run, keep_last, protect={name, state.best_checkpoint})
+            write_atomic(rundir.checkpoints / "best", state.best_checkpoint + "\n")
+        rotate(rundir, keep_last, protect={name, state.best_checkpoint})
     accelerator.wait_for_everyone()
     return name
 
@@ -79,13 +79,13 @@ def _write_folder(accelerator: Accelerator, tmp: Path, name: str, state: TrainSt
         fsync(tmp)
 
 
-def _point_latest_before(run: RunDir, name: str) -> None:
+def _point_latest_before(rundir: RunDir, name: str) -> None:
     """Point ``latest`` at the newest complete checkpoint older than ``name``, or at nothing."""
-    older = [complete for complete in complete_checkpoints(run) if complete < name]
+    older = [complete for complete in complete_checkpoints(rundir) if complete < name]
     if older:
-        write_atomic(run.checkpoints / "latest", older[-1] + "\n")
+        write_atomic(rundir.checkpoints / "latest", older[-1] + "\n")
     else:
-        (run.checkpoints / "latest").unlink(missing_ok=True)
+        (rundir.checkpoints / "latest").unlink(missing_ok=True)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -98,17 +98,17 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def rotate(run: RunDir, keep_last: int, protect: set) -> None:
+def rotate(rundir: RunDir, keep_last: int, protect: set) -> None:
     """Delete complete checkpoints beyond the newest ``keep_last``, except the names in ``protect``."""
-    for name in complete_checkpoints(run)[:-keep_last]:
+    for name in complete_checkpoints(rundir)[:-keep_last]:
         if name not in protect:
-            shutil.rmtree(run.checkpoint(name), ignore_errors=True)
+            shutil.rmtree(rundir.checkpoint(name), ignore_errors=True)
 
 
-def clean_temporary(accelerator: Accelerator, run: RunDir) -> None:
+def clean_temporary(accelerator: Accelerator, rundir: RunDir) -> None:
     """Remove what a killed save left behind (it was never a checkpoint)."""
-    if accelerator.is_main_process and run.checkpoints.is_dir():
-        for path in run.checkpoints.iterdir():
+    if accelerator.is_main_process and rundir.checkpoints.is_dir():
+        for path in rundir.checkpoints.iterdir():
             if path.name.startswith("."):  # .tmp-<name>/ folders and the .<pointer>.tmp files of atomic writes
                 logger.warning(f"removing {path}: left by a save that did not finish")
                 if path.is_dir():

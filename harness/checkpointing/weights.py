@@ -33,7 +33,7 @@ def weights_metadata(cfg: Config, classes: list[str], run_name: str, mixed_preci
     }
 
 
-def write_weights(accelerator: Accelerator, model, run: RunDir, name: str, meta: dict) -> None:
+def write_weights(accelerator: Accelerator, model, rundir: RunDir, name: str, meta: dict) -> None:
     """Write weights/<name>.safetensors and weights/meta.json. Every process must call it."""
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions; a collective
@@ -45,22 +45,22 @@ def write_weights(accelerator: Accelerator, model, run: RunDir, name: str, meta:
         key: (t.detach().float() if t.is_floating_point() else t.detach()).cpu().contiguous()
         for key, t in state_dict.items()
     }
-    run.weights.mkdir(parents=True, exist_ok=True)
+    rundir.weights.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_path(run.weights_file(name)) as tmp:
+        with atomic_path(rundir.weights_file(name)) as tmp:
             save_file(tensors, str(tmp), metadata={"harness": json.dumps(meta)})
     except Exception as error:  # safetensors reports a full disk as its own error type
-        raise StorageError(f"{run.weights_file(name)} could not be written ({one_line(error)})") from None
-    write_atomic(run.weights_meta, json.dumps(meta, indent=2))
+        raise StorageError(f"{rundir.weights_file(name)} could not be written ({one_line(error)})") from None
+    write_atomic(rundir.weights_meta, json.dumps(meta, indent=2))
 
 
-def copy_weights(run: RunDir, source: str, target: str) -> None:
-    with atomic_path(run.weights_file(target)) as tmp:
-        shutil.copyfile(run.weights_file(source), tmp)
+def copy_weights(rundir: RunDir, source: str, target: str) -> None:
+    with atomic_path(rundir.weights_file(target)) as tmp:
+        shutil.copyfile(rundir.weights_file(source), tmp)
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The state dict and the metadata (classes, image settings, model) of an exported weights file."""
+    """The state dict and the metadata (classes, image settings, model) of a weights file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found (was the run trained to the end of an epoch?)")
     try:

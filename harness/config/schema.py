@@ -59,7 +59,7 @@ class DataConfig(Section):
     std: List[float] = rule(check=count(3, " (R, G, B)"), factory=lambda: list(IMAGENET_STD))
     augmentations: List[Any] = field(default_factory=lambda: ["hflip"])  # names or {name: ..., <kwargs>}
     mixup: Optional[MixupConfig] = None  # mixup and CutMix of training batches, with soft targets
-    num_workers: Optional[int] = rule(None, at_least(0))  # per process; null: from the CPUs (harness.workers.default_workers)
+    num_workers: Optional[int] = rule(None, at_least(0))  # per process; null: from the CPUs (harness.data.workers.default_workers)
     cache: Literal["none", "memory", "disk"] = "none"  # decoded, resized images kept: in the process, or on disk
     on_bad_image: Literal["error", "skip"] = "error"  # an unreadable image: stop naming them all, or leave them out
     max_image_pixels: Optional[int] = rule(89_478_485, at_least(1))  # larger images are bad (decompression bombs)

@@ -1,7 +1,7 @@
 """The splits of a data set: which images are train, val and test, found once and kept.
 
 Every split is a list of ``(relative path, class index)`` under one data root. The lists are found once
-(``discover_splits``: the link policy and the image checks of ``harness.images``, then a stratified split),
+(``discover_splits``: the link policy and the image checks of ``harness.data.images``, then a stratified split),
 saved in the run directory, and read back by a resume and by inference, so a run's test set never changes
 after training.
 """

@@ -1,4 +1,4 @@
-"""Predictions from a finished run (what ``infer.py`` runs): its config, its exported weights, its own split
+"""Predictions from a finished run (what ``infer.py`` runs): its config, its weights files, its own split
 lists or any images -> per-sample CSV, report, confusion matrix, metrics."""
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ logger = logging.getLogger(__name__)
 
 def infer(args: argparse.Namespace) -> int:
     runs = [RunDir(Path(path)) for path in (args.ensemble or [args.run])]
-    for run in runs:
-        if not run.config.is_file():
-            raise CheckpointError(f"{'--ensemble' if args.ensemble else '--run'} {run.root}: not a run directory "
+    for rundir in runs:
+        if not rundir.config.is_file():
+            raise CheckpointError(f"{'--ensemble' if args.ensemble else '--run'} {rundir.root}: not a run directory "
                                   "(no config.yaml)")
-    run, cfg = runs[0], load_config(runs[0].config)
+    rundir, cfg = runs[0], load_config(runs[0].config)
     members = [trained_model(member.weights_file(args.checkpoint)) for member in runs]
     meta = members[0][1]
     _check_ensemble(runs, [member_meta for _, member_meta in members])
@@ -50,8 +50,8 @@ def infer(args: argparse.Namespace) -> int:
     accelerator = build_accelerator(args.mixed_precision or trained)
     setup_logging(accelerator)
 
-    samples, root, name = _samples(args, run, cfg)
-    out = Path(args.out) if args.out else run.inference(_folder_name(args, name, samples, runs, trained, accelerator))
+    samples, root, name = _samples(args, rundir, cfg)
+    out = Path(args.out) if args.out else rundir.inference(_folder_name(args, name, samples, runs, trained, accelerator))
     if (out / "metrics.json").exists() and not args.force:  # before any work: nothing earlier is lost
         raise CheckpointError(f"{out} holds the outputs of an earlier inference: --force replaces them, "
                               "--out DIR writes elsewhere")
@@ -62,7 +62,7 @@ def infer(args: argparse.Namespace) -> int:
                                           eval_loader(cfg.data, root, samples, batch_size, cfg.train.seed, cache))
     preds = evaluate(accelerator, models, loader, ModelInputs(models[0], cfg.data), TTA_SETS[args.tta or "identity"])
     if accelerator.is_main_process:
-        facts = {"run": str(run.root), "split": name, "checkpoint": args.checkpoint, "epoch": meta.get("epoch"),
+        facts = {"run": str(rundir.root), "split": name, "checkpoint": args.checkpoint, "epoch": meta.get("epoch"),
                  "images": len(preds), "mixed_precision": accelerator.mixed_precision,
                  "num_processes": accelerator.num_processes, "tta": args.tta,
                  "ensemble": [str(member.root) for member in runs] if args.ensemble else None}
@@ -74,15 +74,15 @@ def infer(args: argparse.Namespace) -> int:
 def _check_ensemble(runs: list[RunDir], metas: list[dict]) -> None:
     """The members of an ensemble must predict the same classes, in the same order, from the same inputs."""
     first = metas[0]
-    for run, meta in zip(runs[1:], metas[1:]):
+    for rundir, meta in zip(runs[1:], metas[1:]):
         if meta["classes"] != first["classes"]:
             theirs, ours = set(meta["classes"]), set(first["classes"])
-            differ = (f"only {runs[0].root} has {sorted(ours - theirs)}, only {run.root} has {sorted(theirs - ours)}"
+            differ = (f"only {runs[0].root} has {sorted(ours - theirs)}, only {rundir.root} has {sorted(theirs - ours)}"
                       if theirs != ours else "the same classes in another order")
-            raise CheckpointError(f"--ensemble: {run.root} and {runs[0].root} predict different classes ({differ})")
+            raise CheckpointError(f"--ensemble: {rundir.root} and {runs[0].root} predict different classes ({differ})")
         for key in ("image_size", "mean", "std"):
             if meta[key] != first[key]:
-                raise CheckpointError(f"--ensemble: {run.root} has {key} {meta[key]}, {runs[0].root} {first[key]}: "
+                raise CheckpointError(f"--ensemble: {rundir.root} has {key} {meta[key]}, {runs[0].root} {first[key]}: "
                                       "the members of an ensemble share one preprocessing")
 
 
@@ -95,7 +95,7 @@ def _folder_name(args: argparse.Namespace, split: str, samples: Samples, runs: l
     if args.tta:
         name += f"_tta-{args.tta}"
     if args.ensemble:
-        members = "\n".join(str(run.root.resolve()) for run in runs)
+        members = "\n".join(str(rundir.root.resolve()) for rundir in runs)
         name += f"_ensemble{len(runs)}-{hashlib.sha1(members.encode()).hexdigest()[:6]}"
     return name
 
@@ -122,7 +122,7 @@ def prediction_table(preds: Predictions, classes: list[str], paths: list[str], r
     return format_table(table) + more + "\n"
 
 
-def _samples(args: argparse.Namespace, run: RunDir, cfg: Config) -> tuple[Samples, Path, str]:
+def _samples(args: argparse.Namespace, rundir: RunDir, cfg: Config) -> tuple[Samples, Path, str]:
     """What to predict: the given images (unlabeled) or one of the run's own splits; their root and name."""
     if args.images:
         files = [str(path) for path in image_files(args.images, "--images")]
@@ -131,7 +131,7 @@ def _samples(args: argparse.Namespace, run: RunDir, cfg: Config) -> tuple[Sample
             raise DataError(f"--images: {len(problems)} image(s) cannot be used: "
                             + "; ".join(f"{path} ({why})" for path, why in sorted(problems.items())))
         return [(path, -1) for path in files], Path("/"), "images"
-    splits = DataSplits.load(run.splits, data_root(cfg.data))
+    splits = DataSplits.load(rundir.splits, data_root(cfg.data))
     if args.split not in splits.splits:
         raise DataError(f"--split {args.split}: this run has the splits {', '.join(splits.splits)}")
     return splits.splits[args.split], splits.root, args.split

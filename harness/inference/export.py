@@ -40,22 +40,22 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 def export(args: argparse.Namespace) -> int:
     setup_logging()
-    run = RunDir(Path(args.run))
-    if not run.config.is_file():
-        raise CheckpointError(f"--run {run.root}: not a run directory (no config.yaml)")
+    rundir = RunDir(Path(args.run))
+    if not rundir.config.is_file():
+        raise CheckpointError(f"--run {rundir.root}: not a run directory (no config.yaml)")
     if args.format == "onnx":
         require(ONNX_MODULES, "--format onnx", "export")
-    cfg = load_config(run.config)
-    model, meta = trained_model(run.weights_file(args.checkpoint))
+    cfg = load_config(rundir.config)
+    model, meta = trained_model(rundir.weights_file(args.checkpoint))
     model.eval()
-    out = Path(args.out) if args.out else run.export(f"{args.checkpoint}{SUFFIX[args.format]}")
+    out = Path(args.out) if args.out else rundir.export(f"{args.checkpoint}{SUFFIX[args.format]}")
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {**meta, "format": args.format, "input": "images x 3 x image_size x image_size, float32, RGB in 0-1 "
               "normalised with mean and std", "output": "logits, images x classes"}
     example = torch.zeros(2, 3, meta["image_size"], meta["image_size"])
     with atomic_path(out) as tmp:
         (_write_onnx if args.format == "onnx" else _write_torchscript)(model, example, tmp, record)
-    splits = DataSplits.load(run.splits, data_root(cfg.data))
+    splits = DataSplits.load(rundir.splits, data_root(cfg.data))
     if args.split not in splits.splits:
         raise DataError(f"--split {args.split}: this run has the splits {', '.join(splits.splits)}")
     loader = eval_loader(cfg.data, splits.root, splits.splits[args.split], args.batch_size, cfg.train.seed)

@@ -1,6 +1,6 @@
 """Using a trained model from Python: ``load_run("runs/x").predict(images)``.
 
-The model is rebuilt from the run's exported weights (``weights/best`` or ``weights/last``) and their metadata
+The model is rebuilt from the run's weights files (``weights/best`` or ``weights/last``) and their metadata
 alone, and an image goes through the run's own evaluation preprocessing: read as RGB, resized to
 ``data.image_size``, scaled and normalised with the run's mean and std, as ``infer.py`` does it.
 """
@@ -47,7 +47,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.devi
 
 
 def trained_model(weights: Path) -> tuple[torch.nn.Module, dict]:
-    """The model a weights file was exported from, with those weights, and the file's metadata."""
+    """The model a weights file was written from, with those weights, and the file's metadata."""
     state_dict, meta = read_weights(weights)
     model = build_model(ModelConfig(name=meta["model"], kwargs=meta.get("model_kwargs", {})), len(meta["classes"]))
     missing, unexpected = model.load_state_dict(state_dict, strict=False)

@@ -25,7 +25,7 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
 
 def param_groups(cfg: OptimConfig, model: nn.Module) -> list[dict]:
     """The trainable parameters in up to four groups, the backbone's first: backbone or head (the classifier,
-    ``harness.models.classifier``; its lr is ``optim.lr * optim.head_lr_multiplier``), each with weight
+    ``harness.models.registry.classifier``; its lr is ``optim.lr * optim.head_lr_multiplier``), each with weight
     decay or without it (as timm does: a parameter of one dimension, a bias or a normalisation weight, is not
     decayed unless ``optim.decay_norm_and_bias``). Each group says its ``role``: the schedule freezes the
     backbone by it."""

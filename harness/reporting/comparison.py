@@ -59,14 +59,14 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
 
 
-def _read(run: RunDir) -> tuple[dict, dict]:
-    if not run.is_run():
-        raise ConfigError(f"{run.root}: not a run directory (no config.yaml)")
+def _read(rundir: RunDir) -> tuple[dict, dict]:
+    if not rundir.is_run():
+        raise ConfigError(f"{rundir.root}: not a run directory (no config.yaml)")
     try:
-        summary = json.loads(run.summary_json.read_text())
+        summary = json.loads(rundir.summary_json.read_text())
     except (OSError, ValueError):
         summary = {}  # a run that failed before it wrote one still gets its row
-    return summary, _flat(yaml.safe_load(run.config.read_text()) or {})
+    return summary, _flat(yaml.safe_load(rundir.config.read_text()) or {})
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -20,20 +20,20 @@ class Reporter:
     """The run's records over time: ``history.csv`` (one row per epoch) and TensorBoard events, whose step is
     always the optimizer update (so a resume can drop what its previous session logged after the checkpoint)."""
 
-    def __init__(self, run: RunDir, enabled: bool, tensorboard: bool, purge_step: int | None = None) -> None:
-        self.run = run
+    def __init__(self, rundir: RunDir, enabled: bool, tensorboard: bool, purge_step: int | None = None) -> None:
+        self.rundir = rundir
         self.enabled = enabled
         self.writer = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a previous session logged after its last checkpoint
-            self.writer = SummaryWriter(str(run.tensorboard), purge_step=purge_step or None)
+            self.writer = SummaryWriter(str(rundir.tensorboard), purge_step=purge_step or None)
 
     def write_history(self, history: list[dict]) -> None:
         if not self.enabled:
             return
-        with atomic_path(self.run.history_csv) as tmp, open(tmp, "w", newline="") as f:
+        with atomic_path(self.rundir.history_csv) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=history_columns(history))
             writer.writeheader()
             writer.writerows(history)

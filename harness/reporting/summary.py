@@ -23,11 +23,11 @@ class RunSummary:
     """The one owner of the summary files, written by the main process only.
 
     It keeps the run's facts (set once, when the run is built), reads the progress from the ``TrainState``
-    at every write, so callers never pass it, and takes the ``status`` from ``harness.run``, the one place
-    that sets it."""
+    at every write, so callers never pass it, and takes the ``status`` from ``harness.training.command``, the one
+    place that sets it."""
 
-    def __init__(self, run: RunDir, enabled: bool, state: TrainState, epochs: int, monitor: str, facts: dict) -> None:
-        self.run, self.enabled, self.state = run, enabled, state
+    def __init__(self, rundir: RunDir, enabled: bool, state: TrainState, epochs: int, monitor: str, facts: dict) -> None:
+        self.rundir, self.enabled, self.state = rundir, enabled, state
         self.epochs, self.monitor = epochs, monitor
         self.fields: dict[str, Any] = {"status": None, **facts}
         self.session_started = time.perf_counter()
@@ -38,7 +38,7 @@ class RunSummary:
         self.fields.update(self.progress())
         self.fields["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if self.enabled:
-            _write(self.run, self.fields)
+            _write(self.rundir, self.fields)
 
     def write_if_possible(self, **fields: Any) -> None:
         """``write``, for a run that is failing: if the disk is full too, the original error matters more."""
@@ -76,23 +76,23 @@ def throughput(history: list[dict]) -> dict[str, float] | None:
     return {key: statistics.median(record[key] for record in history) for key in THROUGHPUT}
 
 
-def record_failure(run: RunDir, error: str) -> None:
+def record_failure(rundir: RunDir, error: str) -> None:
     """Mark a run's existing summary failed, for a session that failed before it could train (a checkpoint
     that does not load): the summary of the session before must not keep saying ``completed``."""
     try:
-        fields = json.loads(run.summary_json.read_text())
+        fields = json.loads(rundir.summary_json.read_text())
     except (OSError, ValueError):
         return
     fields.update(status="failed", error=error, updated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     try:
-        _write(run, fields)
+        _write(rundir, fields)
     except OSError as failure:
-        logger.warning(f"could not update {run.summary_json}: {failure}")
+        logger.warning(f"could not update {rundir.summary_json}: {failure}")
 
 
-def _write(run: RunDir, fields: dict[str, Any]) -> None:
-    write_atomic(run.summary_json, json.dumps(fields, indent=2, default=_plain) + "\n")
-    write_atomic(run.summary_txt, summary_text(fields))
+def _write(rundir: RunDir, fields: dict[str, Any]) -> None:
+    write_atomic(rundir.summary_json, json.dumps(fields, indent=2, default=_plain) + "\n")
+    write_atomic(rundir.summary_txt, summary_text(fields))
 
 
 def summary_text(summary: dict[str, Any]) -> str:

@@ -24,8 +24,8 @@ from harness.storage.rundir import RunDir
 class RunLock:
     """Held by the main process; ``acquire`` is collective, so that every process refuses alike."""
 
-    def __init__(self, run: RunDir) -> None:
-        self.run, self.path = run, run.lock
+    def __init__(self, rundir: RunDir) -> None:
+        self.rundir, self.path = rundir, rundir.lock
         self.fd: int | None = None
 
     def acquire(self, accelerator: Accelerator) -> None:

@@ -13,7 +13,7 @@ Moments, in the order a run meets them:
 - ``after_update(model)``: an optimizer update was applied (a skipped one is not);
 - ``weights()``: the other weights validated each epoch beside the model's own, by name; the record keeps
   their validation as ``<name>_val_loss``/``<name>_val_acc``, and the better weights decide "best" and are
-  what is exported and tested (``harness.evaluation.selection``);
+  what the weights files hold and the final evaluation tests (``harness.evaluation.selection``);
 - ``after_epoch(state)``: the epoch's record is in ``state.history``, before its checkpoint is saved (what a
   feature decides here is saved with it);
 - ``end(state)``: the session's epochs are over (the final evaluation follows).

@@ -6,7 +6,7 @@ rising linearly from 0 to ``decay`` over ``warmup_steps`` updates. Parameters ar
 so their averages are; buffers are each process's own, and the main process's count (as for the model:
 evaluation and checkpoints use them). The average is saved in every checkpoint (``save_state``'s custom
 object) and resumed bit for bit. Each epoch validates it beside the weights (``ema_val_loss``, ``ema_val_acc``); the
-better of the two decides "best" and is what is exported and tested.
+better of the two decides "best", is what the weights files hold and what the final evaluation tests.
 """
 
 from __future__ import annotations
