@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -30,13 +30,13 @@ class TrainedEpoch:
 
 
 class DataWait:
-    """Counts the time the loop spends waiting for its next batch."""
+    """Counts the time the loop spends waiting for its next batch (by ``clock``, in seconds)."""
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.seconds, self.clock = 0.0, clock
 
     def batches(self, loader) -> Iterator:
-        started = time.perf_counter()
+        started = self.clock()
         batches = batches_of(loader)
         while True:
             try:
@@ -44,9 +44,9 @@ class DataWait:
             except StopIteration:
                 return
             finally:
-                self.seconds += time.perf_counter() - started
+                self.seconds += self.clock() - started
             yield batch
-            started = time.perf_counter()
+            started = self.clock()
 
 
 class EpochMeter:

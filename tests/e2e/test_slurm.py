@@ -1,0 +1,282 @@
+"""SLURM: the scripts in slurm/, submitted with sbatch as the README shows, on a real local cluster
+(scripts/slurm_local.sh: slurmctld, slurmd and munge on this machine, started here when none answers).
+
+Every job of the module is submitted at once by the ``jobs`` fixture and they run side by side (the test
+cluster has more CPU slots than cores): most of a job's life is waiting for SLURM (the time-limit tick, the
+requeue delay), so the module takes about as long as its longest job. The preemption test drives its own job
+while the others run. After each job: no process of it is left on the machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FAST, REPO, assert_same_weights, run_infer, summary
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+
+DIGITS = "configs/digits.yaml"  # as the README writes it, from the repository root
+
+
+# Long enough that the time-limit signal (at most 30 s after the start) and the preemption test's two signals
+# all find the training still running; every run of this config must end with the same weights.
+LONG = [*FAST, "train.epochs=16"]
+
+
+SHORT = [*FAST, "train.epochs=2"]
+
+
+ONE_CPU = ["--cpus-per-task=1"]  # each job's processes use one thread: the jobs share the machine's cores
+
+
+ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
+          "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT")
+
+
+class Job:
+    """A submitted batch job: its id, output file and run directory."""
+
+    def __init__(self, id: str, out: Path, runs: Path) -> None:
+        self.id, self.out, self.runs = id, out, runs
+
+    def info(self) -> dict[str, str]:
+        line = subprocess.run(["scontrol", "-o", "show", "job", self.id], capture_output=True, text=True,
+                              check=True).stdout.splitlines()[0]
+        return dict(re.findall(r"(\w+)=(\S*)", line))
+
+    def wait(self, timeout: float = 420) -> dict[str, str]:
+        """The job's final record, once it has really ended (requeues followed, COMPLETING over)."""
+        deadline = time.monotonic() + timeout
+        while (info := self.info())["JobState"] in ACTIVE:
+            if time.monotonic() > deadline:
+                subprocess.run(["scancel", self.id])
+                raise AssertionError(f"job {self.id} still {info['JobState']} after {timeout} s:\n{self.log()}")
+            time.sleep(1)
+        assert_no_process_left(info["JobId"])
+        return info
+
+    def log(self) -> str:
+        return self.out.read_text() if self.out.exists() else ""
+
+    def wait_for_log(self, pattern: str, after: int = 0, timeout: float = 300) -> int:
+        """Wait until ``pattern`` appears in the output file after offset ``after``; returns where it ends."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.log()[after:])
+            if found:
+                return after + found.end()
+            time.sleep(0.2)
+        raise AssertionError(f"job {self.id}: no {pattern!r} in its output within {timeout} s:\n{self.log()}")
+
+    def run_dir(self) -> Path:
+        (found,) = [p for p in self.runs.iterdir() if p.name.endswith(f"-j{self.id}")]
+        return found
+
+
+def assert_no_process_left(job_id: str) -> None:
+    """No process on this machine still carries the job in its environment (slurmstepd aside)."""
+    deadline = time.monotonic() + 3  # a process exiting at this very moment is not left behind
+    while True:
+        left = []
+        for proc in Path("/proc").iterdir():
+            try:
+                environ = (proc / "environ").read_bytes()
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                continue
+            if f"\0SLURM_JOB_ID={job_id}\0".encode() in b"\0" + environ and "slurmstepd" not in command:
+                left.append(f"{proc.name}: {command}")
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not left, f"processes of job {job_id} outlived it:\n" + "\n".join(left)
+
+
+def sbatch(script: str, args: list[str], options: list[str], env: dict, out: Path, **variables: str) -> Job:
+    """``sbatch [options] slurm/<script> args...`` from the repository root, as the README shows."""
+    runs = out / "runs"
+    output = out / ("slurm-%A_%a.out" if any(o.startswith("--array") for o in options) else "slurm-%j.out")
+    result = subprocess.run(["sbatch", "--parsable", f"--output={output}", *ONE_CPU, *options, f"slurm/{script}",
+                             *map(str, args)], cwd=REPO, env={**env, "OUTPUT_DIR": str(runs), **variables},
+                            capture_output=True, text=True, check=True)
+    job_id = result.stdout.strip().split(";")[0]
+    return Job(job_id, Path(str(output).replace("%j", job_id)), runs)
+
+
+def extend_after_first_requeue(job: Job, minutes: int = 10) -> None:
+    """Raise the time limit of ``job`` once it has been requeued (while the next attempt waits to start)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        info = job.info()
+        if info["Restarts"] != "0" or info["JobState"] not in ACTIVE:
+            break
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={job.id}", f"TimeLimit={minutes}"], capture_output=True)
+
+
+def signal_after(job: Job, pattern: str) -> None:
+    """``scancel --signal=USR1 --batch`` once ``pattern`` is in the job's output."""
+    job.wait_for_log(pattern)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job.id], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
+    """Every job of this module, submitted together."""
+    out = tmp_path_factory.mktemp("slurm")
+    sweep = out / "sweep.yaml"
+    sweep.write_text("grid:\n  optim.lr: [0.003, 0.001]\n")
+    submitted = {
+        "complete": sbatch("train.sh", [DIGITS, *LONG], [], env, out),
+        # The time-limit signal comes at SLURM's next 30-second tick after "1 minute - 30 s": within 30 s.
+        "time_limit": sbatch("train.sh", [DIGITS, *LONG], ["--time=1", "--signal=B:USR1@30"], env, out),
+        # With a loader worker: SLURM's SIGTERM reaches it too, and it must keep serving until the save.
+        "preempted": sbatch("train.sh", [DIGITS, *LONG, "data.num_workers=1"], [], env, out),
+        "machines": sbatch("train_multinode.sh", [DIGITS, *SHORT], ["--nodes=1", "--ntasks-per-node=2"], env, out),
+        "one_node_ddp": sbatch("train.sh", [DIGITS, *SHORT], ["--ntasks=2"], env, out),
+        "typo": sbatch("train.sh", [DIGITS, "optim.lrr=0.1"], [], env, out),
+    }
+    if importlib.util.find_spec("deepspeed"):
+        submitted["deepspeed_machines"] = sbatch(
+            "train_multinode.sh", [DIGITS, *SHORT, "train.mixed_precision=no"], ["--nodes=1", "--ntasks-per-node=2"],
+            env, out, LAUNCH_CONFIG="launch_configs/deepspeed_zero2.yaml")
+    # The time-limit job's second attempt gets time to finish: the cycle under test is the first one.
+    threading.Thread(target=extend_after_first_requeue, args=(submitted["time_limit"],), daemon=True).start()
+    array = sbatch("sweep.sh", [DIGITS, sweep, *SHORT], ["--array=0-1"], env, out)
+    for task in (0, 1):
+        submitted[f"sweep_{task}"] = Job(f"{array.id}_{task}", out / f"slurm-{array.id}_{task}.out", out / "runs")
+    # An array task requeues itself as an array task; a multi-node job relays the signal to every machine.
+    for name in ("sweep_1", "machines"):
+        threading.Thread(target=signal_after, args=(submitted[name], r"epoch 1/2 "), daemon=True).start()
+    yield submitted
+    subprocess.run(["scancel", *(job.id for job in submitted.values())], capture_output=True)
+
+
+def test_preemption_by_requeue_or_by_signal_checkpoints_requeues_and_finishes_exactly(jobs):
+    """``scancel --signal=USR1 --batch`` (what a preempting scheduler or a user sends) and ``scontrol requeue``
+    (SIGTERM to every process) in the middle of a run: each time a checkpoint where it stands (mid-epoch), a
+    requeue and a resume; the third attempt finishes with the weights of the run that was never stopped (which had
+    no loader worker)."""
+    job = jobs["preempted"]
+    at = job.wait_for_log(r"epoch 2/16")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job.id], check=True)
+    at = job.wait_for_log(r"requeueing job", after=at)
+    at = job.wait_for_log(r"resuming epoch \d+ at batch", after=at)
+    at = job.wait_for_log(r"epoch \d+/16 ", after=at)
+    subprocess.run(["scontrol", "requeue", job.id], check=True)
+    job.wait_for_log(r"attempt 3", after=at)
+    info = job.wait()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "2"), job.log()
+    log = job.log()
+    # Each stop saves where it is; a signal that lands in validation is taken at the epoch's own checkpoint.
+    assert log.count("stopped by SIG") == 2 and log.count("resumed from") == 2 and "resuming epoch" in log, log
+    assert "got SIGUSR1" in log and "got SIGTERM" in log and " failed" not in log
+    run = job.run_dir()
+    assert summary(run)["status"] == "completed"
+    assert_same_weights(run / "weights" / "last.safetensors", jobs["complete"].run_dir() / "weights" / "last.safetensors")
+
+
+def test_a_job_completes_and_inference_reproduces_it(jobs, env):
+    job = jobs["complete"]
+    info = job.wait()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "0"), job.log()
+    run = job.run_dir()
+    trained = summary(run)
+    assert trained["status"] == "completed" and trained["epoch"] == 16
+    assert f"run directory {run}: completed" in job.log()
+    out = run.parent.parent / "infer-direct"
+    run_infer(["--run", run, "--out", out], env)
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == trained["test_acc"]
+    inferred = sbatch("infer.sh", [run], [], env, run.parent.parent)
+    info = inferred.wait()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), inferred.log()
+    predictions = run / "inference" / "test_best" / "predictions.csv"
+    assert len(predictions.read_text().splitlines()) == 1 + trained["images"]["test"]
+
+
+def test_the_time_limit_signal_checkpoints_requeues_and_the_next_attempt_finishes_exactly(jobs):
+    job = jobs["time_limit"]
+    info = job.wait()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), job.log()
+    log = job.log()
+    first, second = log.split("attempt 2,")
+    assert "got SIGUSR1" in first and "stopped by SIGUSR1" in first and "requeueing job" in first, log
+    assert "resumed from" in second and "run directory" in second and ": completed" in second, log
+    assert " failed" not in log, log  # the requeue ends the attempt, scontrol included, yet it reports success
+    assert_same_weights(job.run_dir() / "weights" / "last.safetensors",
+                        jobs["complete"].run_dir() / "weights" / "last.safetensors")
+
+
+def test_two_machines_train_through_multi_node_yaml_like_two_processes_on_one_node(jobs):
+    """Two srun tasks stand for two machines (machine ranks 0 and 1, meeting over gloo at the first host),
+    stopped by SIGUSR1 in the second epoch (the batch shell relays it to both machines' training processes),
+    requeued and resumed: the same weights as a 2-process run of slurm/train.sh on one node."""
+    machines, ddp = jobs["machines"], jobs["one_node_ddp"]
+    for job in (machines, ddp):
+        info = job.wait()
+        assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.log()
+    assert machines.info()["Restarts"] == "1" and ddp.info()["Restarts"] == "0"
+    log = machines.log()
+    assert "requeueing job" in log and "resumed from" in log, log
+    assert "CANCELLED" not in log.split("requeueing job")[0], log  # a requested stop ends no machine's step early
+    assert log.count("machine 0 of 2") == log.count("machine 1 of 2") == 2, log
+    assert "(2 process(es) (MULTI_CPU), device cpu" in log, log
+    assert log.count("launch_configs/multi_node.yaml") == 4, log  # two machines, two attempts
+    assert "launch_configs/cpu_ddp.yaml --num_processes 2" in ddp.log()
+    assert summary(machines.run_dir())["num_processes"] == summary(ddp.run_dir())["num_processes"] == 2
+    assert_same_weights(machines.run_dir() / "weights" / "last.safetensors",
+                        ddp.run_dir() / "weights" / "last.safetensors")
+
+
+@pytest.mark.deepspeed
+def test_deepspeed_across_machines_goes_through_the_same_script(jobs):
+    if "deepspeed_machines" not in jobs:
+        pytest.skip("the deepspeed extra is not installed (pip install -e '.[deepspeed]')")
+    job = jobs["deepspeed_machines"]
+    info = job.wait()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.log()
+    log = job.log()
+    for rank in (0, 1):
+        assert (f"machine {rank} of 2 on" in log and "deepspeed_zero2.yaml --deepspeed_multinode_launcher standard"
+                in log), log
+    trained = summary(job.run_dir())
+    assert (trained["status"], trained["distributed_type"], trained["num_processes"]) == ("completed", "DEEPSPEED", 2)
+
+
+def test_an_array_sweep_trains_one_config_per_task_and_compare_lists_them(jobs):
+    runs = []
+    for task in (0, 1):
+        job = jobs[f"sweep_{task}"]
+        info = job.wait()
+        assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.log()
+        (run,) = job.runs.glob(f"*-j{job.id}")
+        runs.append(run)
+    assert [summary(r)["status"] for r in runs] == ["completed", "completed"]
+    signalled = jobs["sweep_1"]  # stopped by SIGUSR1 in its second epoch: requeued as an array task, resumed
+    assert signalled.info()["Restarts"] == "1", signalled.log()
+    assert f"requeueing job {signalled.id}" in signalled.log() and "resumed from" in signalled.log()
+    assert ["lr0.003" in runs[0].name, "lr0.001" in runs[1].name] == [True, True]
+    table = subprocess.run([sys.executable, "harness/compare.py", *map(str, runs)], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert table[0].split()[:3] == ["run", "status", "epoch"] and "optim.lr" in table[0]
+    for run, row in zip(runs, table[1:]):
+        acc = f"{summary(run)['test_acc']:.4f}"
+        assert row.split()[:3] == [run.name, "completed", "2/2"] and acc in row
+
+
+def test_a_user_error_fails_the_job_with_one_line_and_no_requeue(jobs):
+    job = jobs["typo"]
+    info = job.wait()
+    assert info["JobState"] == "FAILED" and info["Restarts"] == "0" and info["ExitCode"] != "0:0", job.log()
+    errors = [line for line in job.log().splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {DIGITS}: optim.lrr: unknown key (did you mean 'optim.lr'?)"], job.log()
+    assert "Traceback" not in job.log() and "requeue" not in job.log()

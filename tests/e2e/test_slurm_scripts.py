@@ -1,0 +1,120 @@
+"""The sbatch scripts' own logic without a cluster, in seconds: syntax, refusals, process counts and launch
+configs from the allocation (the scripts under a real SLURM: tests/e2e/test_slurm.py)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+SCRIPTS = sorted((REPO / "slurm").glob("*.sh"))
+
+
+def bash(command: str, **variables: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return subprocess.run(["bash", "-c", command], cwd=REPO, env={**env, **variables}, capture_output=True, text=True)
+
+
+def in_job(command: str, **variables: str) -> subprocess.CompletedProcess:
+    return bash(command, SLURM_JOB_ID="77", SLURM_SUBMIT_DIR=str(REPO), **variables)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_parse(script):
+    assert bash(f"bash -n {script}").returncode == 0
+
+
+def test_batch_scripts_set_their_defaults_for_sbatch():
+    for name in ("train.sh", "train_multinode.sh", "sweep.sh", "infer.sh"):
+        head = (REPO / "slurm" / name).read_text()
+        for option in ("--signal=B:USR1@", "--requeue", "--open-mode=append", "--output=slurm-%x-"):
+            assert f"#SBATCH {option}" in head, f"{name}: {option}"
+
+
+@pytest.mark.parametrize("command, message", [
+    ("bash slurm/train.sh configs/digits.yaml", "train.sh: a batch script: submit it with sbatch"),
+])
+def test_outside_a_job_the_scripts_say_how_to_run_them(command, message):
+    result = bash(command)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {message}"
+
+
+@pytest.mark.parametrize("command, message", [
+    ("bash slurm/train.sh", "usage: sbatch slurm/train.sh CONFIG [section.key=value ...]"),
+    ("bash slurm/train.sh configs/digits.yaml --run-name x", "--run-name: the job names its run"),
+    ("bash slurm/train_multinode.sh configs/digits.yaml --output-dir=/x", "--output-dir=/x: use OUTPUT_DIR="),
+    ("bash slurm/sweep.sh configs/digits.yaml sweeps/lr.yaml", "slurm/sweep.sh runs as a job array"),
+    ("bash slurm/infer.sh configs", "configs: not a run directory (no config.yaml)"),
+])
+def test_mistakes_are_one_line_and_exit_2(command, message):
+    result = in_job(command)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_sweep_task_outside_the_sweep_fails_before_training():
+    result = in_job("bash slurm/sweep.sh configs/digits.yaml sweeps/lr.yaml", SLURM_ARRAY_TASK_ID="9",
+                    SLURM_ARRAY_JOB_ID="70")
+    assert result.returncode == 2 and "array task 9 is out of range: the sweep has 4 runs" in result.stderr
+
+
+def test_the_repository_must_be_where_sbatch_ran():
+    result = bash("bash slurm/train.sh configs/digits.yaml", SLURM_JOB_ID="77", SLURM_SUBMIT_DIR="/tmp")
+    assert result.returncode == 2 and "slurm/common.sh not found: run sbatch from the repository root" in result.stderr
+
+
+@pytest.mark.parametrize("variables, expected", [
+    ({"SLURM_NTASKS": "1"}, "1 launch_configs/cpu.yaml 8"),
+    ({"SLURM_NTASKS": "2"}, "2 launch_configs/cpu_ddp.yaml 4"),
+    ({"SLURM_GPUS_ON_NODE": "1"}, "1 launch_configs/single_gpu.yaml 8"),
+    ({"SLURM_GPUS_ON_NODE": "4", "SLURM_NTASKS": "1"}, "4 launch_configs/multi_gpu.yaml 2"),
+    ({"PROCESSES": "3", "SLURM_NTASKS": "1"}, "3 launch_configs/cpu_ddp.yaml 2"),
+])
+def test_processes_launch_config_and_threads_follow_the_allocation(variables, expected):
+    result = in_job('. slurm/common.sh; n=$(processes_per_node "${SLURM_NTASKS:-1}"); '
+                    'echo "$n $(default_launch_config "$n") $(threads_per_process "$n")"',
+                    SLURM_CPUS_ON_NODE="8", **variables)
+    assert result.stdout.strip() == expected, result.stderr
+
+
+def test_a_job_names_its_run_after_the_job_and_an_array_task_after_its_task():
+    show = '. slurm/common.sh; training_args train.sh c.yaml a.b=1; echo "$RUN_NAME ${TRAIN_ARGS[*]}"'
+    assert in_job(show).stdout.strip() == \
+        "{name}-j77 harness/train.py --config c.yaml --output-dir runs --run-name {name}-j77 a.b=1"
+    assert in_job(show, SLURM_ARRAY_JOB_ID="70", SLURM_ARRAY_TASK_ID="3", RUN_NAME="x-{name}",
+                  OUTPUT_DIR="/o").stdout.strip().startswith("x-{name} harness/train.py --config c.yaml --output-dir /o")
+    assert in_job('. slurm/common.sh; job_tag', SLURM_ARRAY_JOB_ID="70", SLURM_ARRAY_TASK_ID="3").stdout == "70_3\n"
+
+
+SLOW_SAVE = """
+import os, pathlib, sys, time
+from harness.runtime.signals import StopRequest
+
+stop = StopRequest().install()  # as the training loop does
+pathlib.Path(sys.argv[1]).write_text(str(os.getpgid(0)))
+while stop.signum is None:
+    time.sleep(0.05)
+time.sleep(8)  # a checkpoint that takes a while
+pathlib.Path(sys.argv[1]).write_text("saved")
+"""
+
+
+def test_a_launcher_never_sees_the_stop_signal_that_would_cut_a_save_short(tmp_path):
+    """SLURM signals every process of the job. `accelerate launch` answers a SIGTERM by stopping its child and
+    killing it 5 s later; under supervise it never gets one, and the training takes the time its save needs."""
+    (tmp_path / "slow_save.py").write_text(SLOW_SAVE)
+    out = tmp_path / "out"
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    job = subprocess.Popen(["bash", "-c", f'. slurm/common.sh; supervise accelerate launch -q --config_file '
+                            f'launch_configs/cpu.yaml {tmp_path / "slow_save.py"} {out}; echo "rc $SUPERVISED_RC"'],
+                           cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out.exists() and out.read_text().isdigit()) and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(int(out.read_text()), signal.SIGTERM)  # what slurmstepd does to every process of the step
+    assert job.communicate(timeout=60)[0].strip() == "rc 0" and out.read_text() == "saved"

@@ -1,0 +1,30 @@
+"""Checkpoint folders: a checkpoint is complete only when its manifest matches its files; ``latest`` falls back
+to the newest complete one."""
+
+from harness.checkpointing.folders import latest_checkpoint, verify
+from harness.storage.atomic import write_atomic
+from harness.storage.rundir import RunDir
+from tests.helpers import fake_checkpoint
+
+
+def test_verify_catches_missing_marker_truncated_and_missing_files(tmp_path):
+    run = RunDir(tmp_path)
+    good = run.checkpoint(fake_checkpoint(run, 10))
+    assert verify(good) is None
+    assert "did not finish" in verify(run.checkpoint(fake_checkpoint(run, 11, complete=False)))
+    (good / "model.safetensors").write_bytes(b"x" * 3)
+    assert verify(good) == "model.safetensors is 3 bytes, expected 10"
+    (good / "model.safetensors").unlink()
+    assert verify(good) == "model.safetensors is missing"
+
+
+def test_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path):
+    run = RunDir(tmp_path)
+    for step in (3, 6):
+        fake_checkpoint(run, step)
+    fake_checkpoint(run, 9, complete=False)
+    write_atomic(run.checkpoints / "latest", "step-00000009\n")
+    assert latest_checkpoint(run).name == "step-00000006"
+    write_atomic(run.checkpoints / "latest", "step-00000003\n")  # the pointer wins while it is usable
+    assert latest_checkpoint(run).name == "step-00000003"
+    assert latest_checkpoint(RunDir(tmp_path / "none")) is None
