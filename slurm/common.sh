@@ -29,11 +29,20 @@ enter_repo() {
     local repo=${HARNESS_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}
     cd "$repo" 2>/dev/null && [ -f harness/train.py ] \
         || die "$repo is not the harness repository: run sbatch from the repository root, or set HARNESS_DIR"
+    load_site
     if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then
         # shellcheck disable=SC1091
         . .venv/bin/activate
     fi
     command -v accelerate >/dev/null || die "accelerate not found: activate the venv before sbatch, or create .venv"
+}
+
+# What a cluster adds before anything runs (modules, a venv of its own, variables): slurm/site.sh when present,
+# sourced by every script from the repository, on every node (docs/slurm.md; slurm/site.example.sh).
+load_site() {
+    [ -f slurm/site.sh ] || return 0
+    # shellcheck disable=SC1091
+    . slurm/site.sh || die "slurm/site.sh failed (exit status $?): fix it, or move it away to run without it"
 }
 
 # The job's own name for its run directory and log: the array task for arrays, else the job id.

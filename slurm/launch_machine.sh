@@ -4,6 +4,7 @@
 #   bash slurm/launch_machine.sh SCRIPT [args...]
 set -uo pipefail
 . slurm/common.sh
+load_site  # this node's own shell: its modules and variables too
 machines=${SLURM_NTASKS:?launch_machine.sh runs inside srun}
 rank=${SLURM_PROCID:?launch_machine.sh runs inside srun}  # read here, in the task: each task has its own
 main_host=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)

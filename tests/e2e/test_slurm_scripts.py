@@ -2,6 +2,7 @@
 configs from the allocation (the scripts under a real SLURM: tests/e2e/test_slurm.py)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,3 +119,27 @@ def test_a_launcher_never_sees_the_stop_signal_that_would_cut_a_save_short(tmp_p
         time.sleep(0.1)
     os.killpg(int(out.read_text()), signal.SIGTERM)  # what slurmstepd does to every process of the step
     assert job.communicate(timeout=60)[0].strip() == "rc 0" and out.read_text() == "saved"
+
+
+def test_a_site_file_is_sourced_from_the_repository_before_its_venv_and_a_failing_one_is_one_line(tmp_path):
+    """slurm/site.sh, the cluster's own additions (modules, variables, a venv of its own), is sourced by every
+    script once it is in the repository, before the repository's .venv would be activated."""
+    repo, venv = tmp_path / "repo", tmp_path / "site-venv"
+    (repo / "harness").mkdir(parents=True)
+    (repo / "harness" / "train.py").touch()
+    shutil.copytree(REPO / "slurm", repo / "slurm")
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text(f'export VIRTUAL_ENV={venv}\nexport PATH="{venv}/bin:$PATH"\n')
+    (venv / "bin" / "accelerate").write_text("#!/bin/sh\n")
+    (venv / "bin" / "accelerate").chmod(0o755)
+    (repo / "slurm" / "site.sh").write_text(f"export SITE_MODULES=loaded\n. {venv}/bin/activate\n")
+    check = ". slurm/common.sh && enter_repo && echo $PWD $SITE_MODULES $VIRTUAL_ENV $(command -v accelerate)"
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    result = subprocess.run(["bash", "-c", check], cwd=REPO, capture_output=True, text=True,
+                            env={**env, "SLURM_JOB_ID": "77", "HARNESS_DIR": str(repo)})
+    assert result.returncode == 0 and result.stdout.split() == [str(repo), "loaded", str(venv),
+                                                                str(venv / "bin" / "accelerate")], result.stderr
+    (repo / "slurm" / "site.sh").write_text("module load no-such-module 2>/dev/null || false\n")
+    failed = in_job(check, HARNESS_DIR=str(repo))
+    assert failed.returncode == 2 and failed.stderr.strip() == (
+        "error: slurm/site.sh failed (exit status 1): fix it, or move it away to run without it")
