@@ -1,7 +1,8 @@
 """How fast the entry points answer before any work: ``--help`` and an argument error, beside the import of
-torch that a training cannot avoid. Medians of ``--repeats`` runs, each a fresh process.
+torch that a training cannot avoid; with ``--quickstart``, also the README's quickstart from start to end (the
+figure the README quotes). Medians of ``--repeats`` runs, each a fresh process.
 
-    python bench/startup.py
+    python bench/startup.py [--quickstart]
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +34,14 @@ def seconds(arguments: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quickstart", action="store_true", help="also time the quickstart (configs/digits.yaml)")
     args = parser.parse_args()
-    for name, arguments in COMMANDS.items():
+    commands = dict(COMMANDS)
+    if args.quickstart:
+        out = tempfile.mkdtemp(prefix="harness-quickstart-")  # each repeat starts the run over (--force)
+        commands["the quickstart, start to end"] = ["harness/train.py", "--config", "configs/digits.yaml",
+                                                    "--output-dir", out, "--force"]
+    for name, arguments in commands.items():
         times = [seconds(arguments) for _ in range(args.repeats)]
         print(f"  {name:45s} {statistics.median(times):6.2f} s  (min {min(times):.2f})", flush=True)
 

@@ -1,5 +1,5 @@
 """Inference end to end through the real entry points, from the quickstart's run: infer.py on its splits and on
-any images, TTA and ensembles, exports, the Python API as the README shows it, missing extras."""
+any images, TTA and ensembles, exports, the Python API as docs/inference.md shows it, missing extras."""
 
 import json
 import os
@@ -184,8 +184,8 @@ def test_a_missing_extra_is_one_line_saying_what_to_install(tmp_path, module, co
 
 
 @pytest.mark.slow
-def test_the_readme_python_example_predicts_what_infer_does(trained, env, tmp_path, monkeypatch, capsys):
-    """The README's snippet, run as written from a folder holding runs/digits and images/."""
+def test_the_documented_python_example_predicts_what_infer_does(trained, env, tmp_path, monkeypatch, capsys):
+    """The snippet of docs/inference.md, run as written from a folder holding runs/digits and images/."""
     run = trained
     root = builtin_root("digits", env["HARNESS_CACHE_DIR"])
     (tmp_path / "runs").mkdir()
@@ -196,7 +196,7 @@ def test_the_readme_python_example_predicts_what_infer_does(trained, env, tmp_pa
     run_infer(["--run", run, "--images", tmp_path / "images", "--out", tmp_path / "inferred", "--show", "0"], env)
     inferred = rows(tmp_path / "inferred" / "predictions.csv")
 
-    snippet = (REPO / "README.md").read_text().split("### From Python", 1)[1].split("```python\n", 1)[1].split("```")[0]
+    snippet = (REPO / "docs" / "inference.md").read_text().split("## From Python", 1)[1].split("```python\n", 1)[1].split("```")[0]
     monkeypatch.chdir(tmp_path)
     exec(snippet, {})
     printed = capsys.readouterr().out.splitlines()
