@@ -17,6 +17,22 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errn
                       errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EIO}
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``low``. Anything else is argparse's usage error, one line
+    naming the option (with the usage before it) and exit 2."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return whole_number
+
+
 def run_command(target: str, args: argparse.Namespace) -> int:
     """Run a command's body, ``"package.module:function"`` called with the parsed ``args``, as ``run_cli`` does.
     Imported only now, after the arguments are parsed: ``--help`` and usage errors answer before torch is

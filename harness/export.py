@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import run_command  # noqa: E402
+from harness.cli import at_least, run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the images the export is checked on (default: test)")
     parser.add_argument("--out", help="the file to write (default: <run>/export/<checkpoint>.onnx or "
                         "<checkpoint>.torchscript.pt)")
-    parser.add_argument("--batch-size", type=int, default=64, help="for the check (default 64)")
+    parser.add_argument("--batch-size", type=at_least(1), default=64, help="for the check (default 64)")
     return parser.parse_args(argv)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import run_command  # noqa: E402
+from harness.cli import at_least, run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,16 +27,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="output folder (default: <run>/inference/<split>_<checkpoint>, or "
                         "images-<name>-<hash>_<checkpoint> for --images; _<precision> when --mixed-precision changes it)")
     parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier inference in that folder")
-    parser.add_argument("--show", type=int, default=10, metavar="N",
+    parser.add_argument("--show", type=at_least(0), default=10, metavar="N",
                         help="print the first N predictions (path, label, prediction, confidence); default 10, 0: none")
-    parser.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
+    parser.add_argument("--batch-size", type=at_least(1), help="default: the run's eval batch size")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="default: as the run trained")
     parser.add_argument("--tta", choices=["identity", "hflip", "flips", "five_crop"],
                         help="test-time augmentation: the probabilities of these views of each image averaged")
-    args = parser.parse_args(argv)
-    if args.show < 0:
-        parser.error("--show: must be 0 or more")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import run_command  # noqa: E402
+from harness.cli import at_least, run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,13 +23,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     parser.add_argument("--start-lr", type=float, default=1e-7, help="default 1e-7")
     parser.add_argument("--end-lr", type=float, default=10.0, help="default 10")
-    parser.add_argument("--steps", type=int, default=100, help="optimizer updates (default 100)")
+    parser.add_argument("--steps", type=at_least(10), default=100, help="optimizer updates (default 100)")
     parser.add_argument("--out", help="output folder (default: lr_find/<config name>)")
     args = parser.parse_intermixed_args(argv)
     if not 0 < args.start_lr < args.end_lr:
         parser.error("--start-lr and --end-lr: need 0 < start < end")
-    if args.steps < 10:
-        parser.error("--steps: at least 10")
     return args
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import run_command  # noqa: E402
+from harness.cli import at_least, run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,15 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="auto (default): continue the run directory's unfinished run if the config is the same; "
                         "never: refuse an existing run directory; PATH: a run directory or a checkpoint to continue")
     parser.add_argument("--force", action="store_true", help="start over in an existing run directory, deleting it")
-    parser.add_argument("--stop-after-epochs", type=int, metavar="N",
+    parser.add_argument("--stop-after-epochs", type=at_least(1), metavar="N",
                         help="train at most N more epochs in this session, then checkpoint and exit 0 (resumable)")
     parser.add_argument("--list-models", nargs="?", const="*", metavar="PATTERN",
                         help="list the model names model.name accepts (torchvision, custom, and timm/<name> with the "
                         "timm extra), those matching PATTERN (shell-style, e.g. 'timm/convnext*'), and exit")
-    args = parser.parse_intermixed_args(argv)  # overrides before or after the options
-    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
-        parser.error("--stop-after-epochs: must be at least 1")
-    return args
+    return parser.parse_intermixed_args(argv)  # overrides before or after the options
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from harness.checkpointing.folders import MARKER, manifest
 from harness.config.loading import load_config
+from harness.evaluation.predictions import Predictions
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "configs" / "digits.yaml"
@@ -150,3 +151,10 @@ def fake_run(root: Path, name: str, lr: float, status: str, best: float, test_ac
         fields["test_acc"] = test_acc
     (run / "summary.json").write_text(json.dumps(fields))
     return run
+
+
+def predictions_of(losses: list[float], right: list[bool]) -> Predictions:
+    """Validation predictions of class 0 images with these losses, right where ``right`` says (else class 1)."""
+    n = len(losses)
+    predicted = np.where(right, 0, 1)
+    return Predictions(np.arange(n), np.zeros(n, dtype=np.int64), predicted[:, None], np.ones((n, 1)), np.array(losses))

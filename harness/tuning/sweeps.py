@@ -67,7 +67,7 @@ def sweep(args: argparse.Namespace) -> int:
             print(index, " ".join(overrides))
         print(f"{len(runs)} runs: sbatch --array=0-{len(runs) - 1} slurm/sweep.sh CONFIG {args.sweep}")
         return 0
-    if not 0 <= args.task < len(runs):
+    if args.task >= len(runs):
         raise ConfigError(f"{args.sweep}: array task {args.task} is out of range: the sweep has {len(runs)} "
                           f"runs (--array=0-{len(runs) - 1})")
     print("\n".join(runs[args.task]))

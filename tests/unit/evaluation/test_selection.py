@@ -1,20 +1,11 @@
 """The choice of the best epoch and of an epoch's weights: the monitored metric, its tie-breaker, the weight
 average when it validated better."""
 
-import numpy as np
 import pytest
 
-from harness.evaluation.predictions import Predictions
 from harness.evaluation.selection import beats, chosen_weights, scores
 from harness.training.meter import TrainedEpoch, epoch_record
-
-
-def predictions(losses: list[float], right: list[bool]) -> Predictions:
-    n = len(losses)
-    labels = np.zeros(n, dtype=np.int64)
-    predicted = np.where(right, 0, 1)
-    return Predictions(np.arange(n), labels, predicted[:, None], np.ones((n, 1)), np.array(losses))
-
+from tests.helpers import predictions_of
 
 TRAINED = TrainedEpoch(loss=0.9, accuracy=0.6, images=100, seconds=4.0, data_wait_seconds=1.0)
 
@@ -34,7 +25,7 @@ BEST = {"val_acc": 0.5, "val_loss": 0.5}  # the best epoch's row so far
     ("val_loss", ([0.9, 0.9], [True, True]), False),  # higher loss
 ])
 def test_improvement_follows_the_monitored_metric_and_breaks_ties_by_the_other(monitor, val, improved):
-    assert beats(epoch_record(0, TRAINED, {"raw": predictions(*val)}, 1.0, 0.01), BEST, monitor) is improved
+    assert beats(epoch_record(0, TRAINED, {"raw": predictions_of(*val)}, 1.0, 0.01), BEST, monitor) is improved
 
 
 @pytest.mark.parametrize("monitor, ema, chosen", [

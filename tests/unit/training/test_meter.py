@@ -2,11 +2,9 @@
 
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
-from harness.evaluation.predictions import Predictions
 from harness.evaluation.selection import beats
 from harness.reporting.history import HISTORY_COLUMNS
 from harness.training.meter import DataWait, EpochMeter, TrainedEpoch, epoch_record
@@ -46,27 +44,21 @@ def test_a_resumed_epoch_carries_the_sums_of_every_process_once():
     main.add(*batch(3.0, [1, 1], [1, 2]))
     assert main.totals() == [30.0 + 2.0 + 6.0, 6.0 + 2 + 1, 10.0 + 4]
     assert main.result(seconds=1.0, data_wait_seconds=0.0).images == 4  # trained in this session only
-
-
-def predictions(losses: list[float], right: list[bool]) -> Predictions:
-    n = len(losses)
-    labels = np.zeros(n, dtype=np.int64)
-    predicted = np.where(right, 0, 1)
-    return Predictions(np.arange(n), labels, predicted[:, None], np.ones((n, 1)), np.array(losses))
+from tests.helpers import predictions_of
 
 
 TRAINED = TrainedEpoch(loss=0.9, accuracy=0.6, images=100, seconds=4.0, data_wait_seconds=1.0)
 
 
 def test_the_record_holds_every_history_column():
-    record = epoch_record(2, TRAINED, {"raw": predictions([0.5, 1.5], [True, False])}, 0.5, 0.01)
+    record = epoch_record(2, TRAINED, {"raw": predictions_of([0.5, 1.5], [True, False])}, 0.5, 0.01)
     assert record == {"epoch": 3, "train_loss": 0.9, "train_acc": 0.6, "val_loss": 1.0, "val_acc": 0.5,
                       "lr": 0.01, "epoch_seconds": 4.0, "train_images_per_second": 25.0,
                       "val_images_per_second": 4.0, "data_wait": 0.25}
     assert list(record) == HISTORY_COLUMNS
     assert beats(record, None, "val_acc")  # the first epoch is the best so far
-    averaged = epoch_record(2, TRAINED, {"raw": predictions([0.5, 1.5], [True, False]),
-                                         "ema": predictions([0.25, 0.25], [True, True])}, 0.5, 0.01)
+    averaged = epoch_record(2, TRAINED, {"raw": predictions_of([0.5, 1.5], [True, False]),
+                                         "ema": predictions_of([0.25, 0.25], [True, True])}, 0.5, 0.01)
     assert list(averaged) == HISTORY_COLUMNS + ["ema_val_loss", "ema_val_acc"]
     assert (averaged["ema_val_loss"], averaged["ema_val_acc"]) == (0.25, 1.0)
 
