@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import setuptools
 
 from tests.helpers import REPO
 
@@ -91,3 +92,11 @@ def test_modules_and_functions_stay_small_enough_to_read_at_once():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 assert node.end_lineno - node.lineno < 50, f"{path}: {node.name} is too long"
+
+
+def test_the_distribution_ships_every_package():
+    """A wheel (not only an editable install) holds every package of harness/."""
+    found = re.search(r"\[tool\.setuptools\.packages\.find\]\ninclude = \[(.*)\]", (REPO / "pyproject.toml").read_text())
+    include = [pattern.strip(' "') for pattern in found.group(1).split(",")]
+    packages = {".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "harness").rglob("__init__.py")}
+    assert set(setuptools.find_packages(where=REPO, include=include)) == packages
