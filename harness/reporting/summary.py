@@ -45,7 +45,7 @@ class RunSummary:
         try:
             self.write(**fields)
         except OSError as error:
-            logger.warning(f"could not update {self.run.summary_json}: {error}")
+            logger.warning(f"could not update {self.rundir.summary_json}: {error}")
 
     def progress(self) -> dict[str, Any]:
         state, best = self.state, self.state.best_record()

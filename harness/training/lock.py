@@ -43,7 +43,7 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise CheckpointError(f"{self.run.root} is in use by another training ({holder}); "
+            raise CheckpointError(f"{self.rundir.root} is in use by another training ({holder}); "
                                   "wait for it to end, or use another --run-name") from None
         try:
             current = os.stat(self.path).st_ino == os.fstat(fd).st_ino

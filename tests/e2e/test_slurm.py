@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -80,6 +81,26 @@ class Job:
     def run_dir(self) -> Path:
         (found,) = [p for p in self.runs.iterdir() if p.name.endswith(f"-j{self.id}")]
         return found
+
+
+def _controller_answers() -> bool:
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A SLURM controller for the session: the one that answers, or a local one started (and stopped) here."""
+    if _controller_answers():
+        yield
+        return
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("no SLURM controller answers, and starting one (scripts/slurm_local.sh start) needs root")
+    subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start"], check=True, timeout=600)
+    yield
+    subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "stop"], timeout=300)
 
 
 def assert_no_process_left(job_id: str) -> None:

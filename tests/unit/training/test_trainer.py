@@ -1,6 +1,7 @@
 """The Trainer in-process, on a tiny image folder: its step logic in seconds (the slow tests run it end to end)."""
 
 import json
+import logging
 import signal
 
 import pytest
@@ -35,6 +36,16 @@ def config(tmp_path_factory):
         "log": {"every_n_steps": 1, "progress": False, "tensorboard": False},
     }))
     return path
+
+
+@pytest.fixture(autouse=True)
+def close_run_logs():
+    """build_parts adds the run's train.log to the root logger, as a training process wants: remove it after."""
+    before = list(logging.getLogger().handlers)
+    yield
+    for handler in [h for h in logging.getLogger().handlers if h not in before]:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def trainer(config, tmp_path, *overrides) -> Trainer:
