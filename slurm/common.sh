@@ -169,6 +169,15 @@ run_training() {
     announce_attempt "$*"
     supervise "$@"
     run=$(find_run_dir)
+    if [ "$GOT_USR1" = 1 ] && { [ -z "$run" ] || [ "$(stat -c %Y "$run/summary.json" 2>/dev/null || echo 0)" -lt "$started" ]; }; then
+        # Stopped before it trained (the signal came during the start-up): nothing was written, nothing is lost.
+        if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then
+            say "stopped before training started: requeued once (a first attempt may be signalled early by chance)"
+            requeue
+        fi
+        say "not requeued: stopped before training started again (is the time limit shorter than the start-up?)"
+        exit 1
+    fi
     if [ -z "$run" ]; then
         say "no run directory matches $OUTPUT_DIR/$RUN_NAME: the training did not start (exit code $SUPERVISED_RC)"
         exit $(( SUPERVISED_RC ? SUPERVISED_RC : 1 ))

@@ -20,6 +20,7 @@ from harness.optim.schedules import lr_per_update, updates_per_epoch
 from harness.reporting.outputs import write_split_outputs
 from harness.reporting.plots import curves_figure, save_png
 from harness.training.parts import Parts
+from harness.training.probes import pause_at
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[s
             logger.info(f"{split}: accuracy {preds.accuracy():.4f} loss {preds.loss():.4f} ({len(preds)} images)")
             if parts.accelerator.is_main_process:
                 _write_split(parts, split, preds)
+    pause_at("reports")
     if parts.accelerator.is_main_process:
         updates = updates_per_epoch(len(parts.train_loader), parts.cfg.train.grad_accum_steps)
         rates = lr_per_update(parts.cfg.optim, parts.cfg.scheduler, parts.cfg.train.epochs, updates,

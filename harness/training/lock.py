@@ -1,14 +1,16 @@
 """One training at a time per run directory: an advisory lock held for the life of the run.
 
-The lock is ``flock`` on ``<output dir>/.<run name>.lock``, beside the run directory so that starting over
-(which deletes the directory) cannot delete it. The operating system releases it when the holder exits,
-however it exits (kill -9 included), so a later ``--resume`` never finds a stale lock. The file names the
-holder (host, pid, start time) for the message a second training gets, and is removed when the training
-ends (a lock taken on a file that was removed meanwhile is taken again on the new one).
+The lock is a POSIX record lock (``fcntl.lockf``) on ``<output dir>/.<run name>.lock``, beside the run directory so
+that starting over (which deletes the directory) cannot delete it. It belongs to the process that took it: the
+operating system releases it when that process exits, however it exits (kill -9 included), and, unlike ``flock``,
+the loader workers it forks do not hold it on after it (a record lock is not inherited across fork). The file
+names the holder (host, pid, start time) for the message a second training gets, and is removed when the
+training ends (a lock taken on a file that was removed meanwhile is taken again on the new one).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -39,8 +41,11 @@ class RunLock:
     def _try_lock(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise CheckpointError(f"{self.rundir.root} is in use by another training ({holder}); "

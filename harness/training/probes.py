@@ -1,15 +1,35 @@
-"""Testing aids inside the training loop, off unless set in the environment.
+"""Testing aids in a training, off unless set in the environment.
 
 ``HARNESS_TRACE_BATCHES=<file>`` makes every process append ``epoch batch sample-indices...`` for each
 trained batch to ``<file>.rank<N>``, to check the data order across stops and resumes.
 ``HARNESS_FAULT_NAN_AT_STEP=<n>`` makes the loss of optimizer update n NaN, to check divergence handling.
+``HARNESS_PAUSE_AT=<phase>`` makes the training print ``paused at <phase>`` and wait there (``PHASES``) until a stop
+signal comes, for a test to send one at that moment; ``epoch`` is the end of a run's first epoch, checkpoint written,
+where a signal is recorded rather than acted on at once (the loop's stop follows the wait).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import torch
+
+from harness.runtime.signals import StopRequest
+
+# Where HARNESS_PAUSE_AT may pause, in the order a training meets them.
+PHASES = ("start", "data", "cache", "model", "written", "epoch", "final", "reports")
+PAUSE_S = 3600
+
+
+def pause_at(phase: str, stop: StopRequest | None = None) -> None:
+    """Wait at ``phase`` when HARNESS_PAUSE_AT names it: until a signal ends the wait (at once), or ``stop`` records
+    one (deferred)."""
+    if os.environ.get("HARNESS_PAUSE_AT") == phase:
+        print(f"paused at {phase}", flush=True)
+        until = time.monotonic() + PAUSE_S
+        while (stop is None or stop.signum is None) and time.monotonic() < until:
+            time.sleep(0.1)
 
 
 class LoopProbes:

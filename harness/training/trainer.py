@@ -27,10 +27,10 @@ from harness.evaluation.selection import OWN, beats, scores
 from harness.models.inputs import ModelInputs
 from harness.runtime.signals import StopRequest, TrainingInterrupted
 from harness.training.final_evaluation import evaluate_best, weights_meta, weights_of
-from harness.training.meter import DataWait, EpochMeter, TrainedEpoch, epoch_record
+from harness.training.meter import DataWait, EpochMeter, Padding, TrainedEpoch, epoch_record
 from harness.training.parts import Parts
 from harness.training.poll import Poller
-from harness.training.probes import LoopProbes
+from harness.training.probes import LoopProbes, pause_at
 from harness.training.step import OptimizerStep, Update
 
 logger = logging.getLogger(__name__)
@@ -43,12 +43,14 @@ class Trainer:
     A stop signal ends the loop at the next optimizer update with a checkpoint and ``TrainingInterrupted``;
     so does the end of a session's epoch budget (``--stop-after-epochs``), with exit code 0."""
 
-    def __init__(self, parts: Parts) -> None:
+    def __init__(self, parts: Parts, stop: StopRequest | None = None) -> None:
         self.parts = parts
         self.inputs = ModelInputs(parts.model, parts.cfg.data, parts.cfg.model.channels_last)
-        self.stop = StopRequest()
+        self.stop = stop or StopRequest()  # the command's, installed from its start
         self.step = OptimizerStep(parts, Poller(parts.accelerator, parts.cfg, self.stop))
         self.probes = LoopProbes(parts.accelerator.process_index)
+        self.padding = Padding(len(parts.splits.splits["train"]), parts.accelerator.num_processes,
+                               parts.accelerator.process_index, parts.cfg.train.batch_size)
         self.last_val: tuple[int, dict[str, Predictions]] | None = None  # this session's last validation
 
     def fit(self, stop_after_epochs: int | None = None) -> None:
@@ -56,26 +58,30 @@ class Trainer:
         parts, state, epochs = self.parts, self.parts.state, self.parts.cfg.train.epochs
         end = epochs if stop_after_epochs is None else min(epochs, state.epoch + stop_after_epochs)
         parts.features.start(state)
-        self.stop.install()
-        try:
-            for epoch in range(state.epoch, end):
-                if state.stopped_early_at is not None:
-                    break
-                trained = self._train_epoch(epoch)
-                val, val_seconds = self._validate()
-                self.last_val = (epoch + 1, val)
-                self._end_epoch(epoch, trained, val, val_seconds)
-                if self.stop.signum is not None:  # arrived during validation or the save: already checkpointed
-                    raise self.stop.interrupted()
-        finally:
-            self.stop.uninstall()
-            release_workers(parts.train_loader)
+        with self.stop.deferred():  # a stop signal waits for the next update's checkpoint
+            try:
+                for epoch in range(state.epoch, end):
+                    if state.stopped_early_at is not None:
+                        break
+                    trained = self._train_epoch(epoch)
+                    val, val_seconds = self._validate()
+                    self.last_val = (epoch + 1, val)
+                    self._end_epoch(epoch, trained, val, val_seconds)
+                    if epoch == 0:
+                        pause_at("epoch", self.stop)
+                    if self.stop.signum is not None:  # arrived during validation or the save: already checkpointed
+                        raise self.stop.interrupted()
+            finally:
+                release_workers(parts.train_loader)
+        if self.stop.signum is not None:  # arrived after the loop's last look: the last epoch is checkpointed
+            raise self.stop.interrupted(together=False)
         parts.features.end(state)
         if state.stopped_early_at is None and end < epochs:
             raise TrainingInterrupted(f"stopped after {stop_after_epochs} epoch(s) (--stop-after-epochs)", 0)
 
     def finish(self) -> dict[str, float]:
         """The best weights on every split, with the run's reports (``harness.training.final_evaluation``)."""
+        pause_at("final")
         return evaluate_best(self.parts, self.inputs, self.last_val)
 
     # ------------------------------------------------------------------------------------------------
@@ -94,8 +100,8 @@ class Trainer:
         for batch_index, (images, labels, indices) in enumerate(wait.batches(loader), start=skip):
             self.probes.trace(epoch, batch_index, indices)
             with accelerator.accumulate(parts.model):
-                loss, logits = self._forward_backward(images, labels, epoch, batch_index)
-                meter.add(loss, logits, labels, self.step.add(loss))
+                loss, logits, targets = self._forward_backward(images, labels, epoch, batch_index)
+                self._measure(meter, loss, logits, labels, targets, self.step.add(loss), batch_index)
                 bar.update(1)
                 if not accelerator.sync_gradients:  # inside an accumulation window: its update comes later
                     continue
@@ -117,8 +123,8 @@ class Trainer:
         return self.parts.accelerator.skip_first_batches(loader, skip), skip
 
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, batch_index: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's loss (detached) and logits, after its backward pass; the features mix it first."""
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's loss (detached), logits and targets, after its backward pass; the features mix it first."""
         parts = self.parts
         inputs, targets = parts.features.mix(self.inputs(images), labels, epoch, batch_index)
         with parts.accelerator.autocast():
@@ -126,7 +132,18 @@ class Trainer:
             loss = parts.criterion(logits.float(), targets)
         loss = self.probes.fault(loss, parts.state.global_step + 1)
         parts.accelerator.backward(loss)
-        return loss.detach(), logits
+        return loss.detach(), logits, targets
+
+    def _measure(self, meter: EpochMeter, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                 targets: torch.Tensor, finite: torch.Tensor, batch_index: int) -> None:
+        """Add the batch to the epoch's sums, its samples that are the epoch's own only (``Padding``)."""
+        own = self.padding.own(batch_index, len(labels))
+        if own == len(labels):
+            meter.add(loss, logits, labels, finite)
+        elif own:
+            with torch.no_grad():
+                loss = self.parts.criterion(logits[:own].float(), targets[:own])
+            meter.add(loss, logits[:own], labels[:own], finite)
 
     def _after_update(self, update: Update, meter: EpochMeter, bar, started: float, epoch_ends: bool) -> None:
         """Log every ``log.every_n_steps`` updates; save and stop on a stop request; save when a checkpoint is due

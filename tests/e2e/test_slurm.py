@@ -158,8 +158,10 @@ def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
     sweep.write_text("grid:\n  optim.lr: [0.003, 0.001]\n")
     submitted = {
         "complete": sbatch("train.sh", [DIGITS, *LONG], [], env, out),
-        # The time-limit signal comes at SLURM's next 30-second tick after "1 minute - 30 s": within 30 s.
-        "time_limit": sbatch("train.sh", [DIGITS, *LONG], ["--time=1", "--signal=B:USR1@30"], env, out),
+        # The time-limit signal comes at SLURM's next 30-second tick after "2 minutes - 60 s", in the training:
+        # the first epoch ends within the minute and waits there for it (HARNESS_PAUSE_AT=epoch).
+        "time_limit": sbatch("train.sh", [DIGITS, *LONG], ["--time=2", "--signal=B:USR1@60"], env, out,
+                             HARNESS_PAUSE_AT="epoch"),
         # With a loader worker: SLURM's SIGTERM reaches it too, and it must keep serving until the save.
         "preempted": sbatch("train.sh", [DIGITS, *LONG, "data.num_workers=1"], [], env, out),
         "machines": sbatch("train_multinode.sh", [DIGITS, *SHORT], ["--nodes=1", "--ntasks-per-node=2"], env, out),

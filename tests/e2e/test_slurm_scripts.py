@@ -96,12 +96,13 @@ SLOW_SAVE = """
 import os, pathlib, sys, time
 from harness.runtime.signals import StopRequest
 
-stop = StopRequest().install()  # as the training loop does
-pathlib.Path(sys.argv[1]).write_text(str(os.getpgid(0)))
-while stop.signum is None:
-    time.sleep(0.05)
-time.sleep(8)  # a checkpoint that takes a while
-pathlib.Path(sys.argv[1]).write_text("saved")
+stop = StopRequest().install()  # as the training command does
+with stop.deferred():  # and its loop, until the save
+    pathlib.Path(sys.argv[1]).write_text(str(os.getpgid(0)))
+    while stop.signum is None:
+        time.sleep(0.05)
+    time.sleep(8)  # a checkpoint that takes a while
+    pathlib.Path(sys.argv[1]).write_text("saved")
 """
 
 
