@@ -12,15 +12,16 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import run_command  # noqa: E402
+from harness.cli import Parser, run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Compare runs side by side (e.g. a sweep: runs/*-j1234_*): status, "
-                                     "progress, the best validation metric, the test accuracy and the config values "
-                                     "that differ; then their mean and standard deviation.")
+    parser = Parser(description="Compare runs side by side (e.g. a sweep: runs/*-j1234_*): status, "
+                    "progress, the best validation metric, the test accuracy and the config values "
+                    "that differ; then their mean and standard deviation.")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the runs' curves on one figure there")
+    parser.add_argument("--force", action="store_true", help="replace an existing --plot file")
     return parser.parse_args(argv)
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import at_least, run_command  # noqa: E402
+from harness.cli import Parser, at_least, run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Export a finished run's model (ONNX or TorchScript) with its "
-                                     "preprocessing recorded, then check it against PyTorch on the run's test split.")
+    parser = Parser(description="Export a finished run's model (ONNX or TorchScript) with its "
+                    "preprocessing recorded, then check it against PyTorch on the run's test split.")
     parser.add_argument("--run", required=True, help="the run directory, e.g. runs/digits")
     parser.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"], help="default: best")
@@ -25,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the images the export is checked on (default: test)")
     parser.add_argument("--out", help="the file to write (default: <run>/export/<checkpoint>.onnx or "
                         "<checkpoint>.torchscript.pt)")
+    parser.add_argument("--force", action="store_true", help="replace the file (and its .json) of an earlier export")
     parser.add_argument("--batch-size", type=at_least(1), default=64, help="for the check (default 64)")
     return parser.parse_args(argv)
 

@@ -12,11 +12,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import at_least, run_command  # noqa: E402
+from harness.cli import Parser, at_least, run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Predictions and metrics from a finished run.")
+    parser = Parser(description="Predictions and metrics from a finished run.")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="the run directory, e.g. runs/digits")
     which.add_argument("--ensemble", nargs="+", metavar="RUN", help="several run directories (the same classes and "

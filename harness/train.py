@@ -12,11 +12,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package from the repo, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from harness.cli import at_least, run_command  # noqa: E402
+from harness.cli import Parser, at_least, run_command  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Train an image classifier. Overrides use the dotted form section.key=value.",
         epilog="example: accelerate launch -q --config_file launch_configs/cpu.yaml harness/train.py --config configs/digits.yaml optim.lr=0.05 train.epochs=5",
     )

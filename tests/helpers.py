@@ -4,6 +4,7 @@ small image folders, read a run's files, compare weights, plant hostile files.""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import pickle
@@ -158,3 +159,13 @@ def predictions_of(losses: list[float], right: list[bool]) -> Predictions:
     n = len(losses)
     predicted = np.where(right, 0, 1)
     return Predictions(np.arange(n), np.zeros(n, dtype=np.int64), predicted[:, None], np.ones((n, 1)), np.array(losses))
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder`` (relative path -> the SHA-256 of a file's content, or "folder"): what must not
+    change when a command is refused or fails before it starts."""
+    found = {}
+    for path in sorted(Path(folder).rglob("*")):
+        key = str(path.relative_to(folder))
+        found[key] = "folder" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found

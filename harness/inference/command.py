@@ -21,7 +21,7 @@ from harness.data.splits import DataSplits, Samples
 from harness.errors import CheckpointError, DataError
 from harness.evaluation.evaluate import evaluate
 from harness.evaluation.predictions import Predictions
-from harness.evaluation.tta import TTA_SETS
+from harness.evaluation.tta import TTA_SETS, unseen_views
 from harness.inference.trained import trained_model
 from harness.models.inputs import ModelInputs
 from harness.reporting.outputs import write_split_outputs
@@ -30,9 +30,10 @@ from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together
 from harness.runtime.logs import setup_logging
 from harness.storage.atomic import write_atomic
-from harness.storage.rundir import RunDir
+from harness.storage.rundir import RunDir, check_outputs
 
 logger = logging.getLogger(__name__)
+OUTPUTS = ("predictions.csv", "classification_report.txt", "confusion_matrix.png", "metrics.json")
 
 
 def infer(args: argparse.Namespace) -> int:
@@ -52,9 +53,8 @@ def infer(args: argparse.Namespace) -> int:
 
     samples, root, name = _samples(args, rundir, cfg)
     out = Path(args.out) if args.out else rundir.inference(_folder_name(args, name, samples, runs, trained, accelerator))
-    if (out / "metrics.json").exists() and not args.force:  # before any work: nothing earlier is lost
-        raise CheckpointError(f"{out} holds the outputs of an earlier inference: --force replaces them, "
-                              "--out DIR writes elsewhere")
+    check_outputs([out / name for name in OUTPUTS], args.force, "--out DIR writes elsewhere")  # before any work
+    warnings = _unseen_views(args.tta, cfg)
     batch_size = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
     # A disk cache serves inference too; building one in memory for a single pass would gain nothing.
     cache = image_cache("disk", root, samples, cfg.data) if cfg.data.cache == "disk" and not args.images else None
@@ -65,10 +65,22 @@ def infer(args: argparse.Namespace) -> int:
         facts = {"run": str(rundir.root), "split": name, "checkpoint": args.checkpoint, "epoch": meta.get("epoch"),
                  "images": len(preds), "mixed_precision": accelerator.mixed_precision,
                  "num_processes": accelerator.num_processes, "tta": args.tta,
-                 "ensemble": [str(member.root) for member in runs] if args.ensemble else None}
+                 "ensemble": [str(member.root) for member in runs] if args.ensemble else None, "warnings": warnings}
         _write_outputs(preds, meta["classes"], [path for path, _ in samples], out, facts, args.show)
     leave_together(accelerator)
     return 0
+
+
+def _unseen_views(tta: str | None, cfg: Config) -> list[str]:
+    """A warning (logged, and returned for metrics.json) when the views of ``--tta`` are of a kind the training never
+    showed the model."""
+    missing = unseen_views(tta, cfg.data.augmentations) if tta else []
+    if not missing:
+        return []
+    warning = (f"--tta {tta}: the run trained without {' nor '.join(missing)} (data.augmentations), so the model never "
+               "saw such views of its images; averaging over them may lower the accuracy")
+    logger.warning(warning)
+    return [warning]
 
 
 def _check_ensemble(runs: list[RunDir], metas: list[dict]) -> None:

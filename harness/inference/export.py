@@ -30,7 +30,7 @@ from harness.inference.trained import trained_model
 from harness.models.inputs import ModelInputs
 from harness.runtime.logs import setup_logging
 from harness.storage.atomic import atomic_path, write_atomic
-from harness.storage.rundir import RunDir
+from harness.storage.rundir import RunDir, check_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 
 def export(args: argparse.Namespace) -> int:
+    """The export command. What it needs is checked before anything is written: the run, the extra, its weights,
+    the split to check on, the file to write (not over an earlier one without --force)."""
     setup_logging()
     rundir = RunDir(Path(args.run))
     if not rundir.config.is_file():
@@ -49,19 +51,20 @@ def export(args: argparse.Namespace) -> int:
     model, meta = trained_model(rundir.weights_file(args.checkpoint))
     model.eval()
     out = Path(args.out) if args.out else rundir.export(f"{args.checkpoint}{SUFFIX[args.format]}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {**meta, "format": args.format, "input": "images x 3 x image_size x image_size, float32, RGB in 0-1 "
-              "normalised with mean and std", "output": "logits, images x classes"}
-    example = torch.zeros(2, 3, meta["image_size"], meta["image_size"])
-    with atomic_path(out) as tmp:
-        (_write_onnx if args.format == "onnx" else _write_torchscript)(model, example, tmp, record)
+    check_outputs([out, out.with_name(out.name + ".json")], args.force, "--out FILE writes elsewhere")
     splits = DataSplits.load(rundir.splits, data_root(cfg.data))
     if args.split not in splits.splits:
         raise DataError(f"--split {args.split}: this run has the splits {', '.join(splits.splits)}")
+    record = {**meta, "format": args.format, "input": "images x 3 x image_size x image_size, float32, RGB in 0-1 "
+              "normalised with mean and std", "output": "logits, images x classes"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        example = torch.zeros(2, 3, meta["image_size"], meta["image_size"])
+        (_write_onnx if args.format == "onnx" else _write_torchscript)(model, example, tmp, record)
     loader = eval_loader(cfg.data, splits.root, splits.splits[args.split], args.batch_size, cfg.train.seed)
-    record["check"] = {"split": args.split, **_compare(model, _runner(args.format, out), loader, ModelInputs(model, cfg.data))}
+    check = _compare(model, _runner(args.format, out), loader, ModelInputs(model, cfg.data))
+    record["check"] = {"split": args.split, **check}
     write_atomic(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
-    check = record["check"]
     summary = (f"checked on the {check['images']} {args.split} images: predictions agree on {check['agree']}/"
                f"{check['images']}, largest logit difference {check['max_logit_difference']:.3g}")
     if check["agree"] != check["images"]:

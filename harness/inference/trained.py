@@ -41,14 +41,23 @@ class Predicted:
 def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> TrainedModel:
     """The model of a finished run (``checkpoint``: ``best`` or ``last``) on ``device``, ready to predict."""
     if checkpoint not in ("best", "last"):
-        raise ValueError(f"checkpoint: 'best' or 'last', got {checkpoint!r}")
+        raise ValueError(f"load_run: checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"load_run: device {device!r} is not a device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"load_run: device {device!r}, but torch sees no CUDA GPU here: use device='cpu'")
     model, meta = trained_model(RunDir(Path(run)).weights_file(checkpoint))
-    return TrainedModel(model, meta, torch.device(device))
+    return TrainedModel(model, meta, device)
 
 
 def trained_model(weights: Path) -> tuple[torch.nn.Module, dict]:
     """The model a weights file was written from, with those weights, and the file's metadata."""
     state_dict, meta = read_weights(weights)
+    lacking = [key for key in ("model", "classes", "image_size", "mean", "std") if key not in meta]
+    if lacking:
+        raise CheckpointError(f"{weights}: its metadata lacks {lacking}: not a weights file a run wrote")
     model = build_model(ModelConfig(name=meta["model"], kwargs=meta.get("model_kwargs", {})), len(meta["classes"]))
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
@@ -68,6 +77,8 @@ class TrainedModel:
     def predict(self, images: ImageLike | Iterable[ImageLike], batch_size: int = 64) -> Predicted:
         """Predictions for image files, folders of them (every image inside, sorted), PIL images or uint8
         ``C x H x W`` tensors (RGB), one or a list."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"predict: batch_size must be a whole number of at least 1, got {batch_size!r}")
         items = [images] if isinstance(images, (str, Path, Image.Image, torch.Tensor)) else list(images)
         paths, pictures = self._expand(items)
         probabilities = []

@@ -12,12 +12,11 @@ import json
 import statistics
 from pathlib import Path
 
-import yaml
-
+from harness.config.yaml_text import read_yaml
 from harness.errors import ConfigError
 from harness.reporting.plots import comparison_figure, save_png
 from harness.reporting.tables import format_table
-from harness.storage.rundir import RunDir
+from harness.storage.rundir import RunDir, check_outputs
 
 SKIPPED_BEST = ("best_epoch", "best_checkpoint")
 
@@ -66,7 +65,7 @@ def _read(rundir: RunDir) -> tuple[dict, dict]:
         summary = json.loads(rundir.summary_json.read_text())
     except (OSError, ValueError):
         summary = {}  # a run that failed before it wrote one still gets its row
-    return summary, _flat(yaml.safe_load(rundir.config.read_text()) or {})
+    return summary, _flat(read_yaml(rundir.config) or {})
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -92,15 +91,19 @@ def plot_runs(paths: list[Path], out: Path) -> None:
     histories = {}
     for path in paths:
         try:
-            with open(RunDir(path).history_csv, newline="") as f:
+            with open(RunDir(path).history_csv, newline="", encoding="utf-8") as f:
                 histories[path.name] = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
         except FileNotFoundError:
             raise ConfigError(f"{path}: no history.csv yet (the run has not finished an epoch)") from None
+        except (ValueError, TypeError, csv.Error) as error:  # UnicodeDecodeError is a ValueError
+            raise ConfigError(f"{RunDir(path).history_csv}: damaged ({type(error).__name__}: {error})") from None
     save_png(comparison_figure(histories), out)
 
 
 def compare(args: argparse.Namespace) -> int:
     """The compare command (``harness/compare.py``): the table, and ``--plot``'s figure."""
+    if args.plot:
+        check_outputs([args.plot], args.force, "--plot PNG writes elsewhere")
     print(format_table(compare_table(args.runs)))
     if args.plot:
         plot_runs(args.runs, args.plot)

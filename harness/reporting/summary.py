@@ -76,20 +76,6 @@ def throughput(history: list[dict]) -> dict[str, float] | None:
     return {key: statistics.median(record[key] for record in history) for key in THROUGHPUT}
 
 
-def record_failure(rundir: RunDir, error: str) -> None:
-    """Mark a run's existing summary failed, for a session that failed before it could train (a checkpoint
-    that does not load): the summary of the session before must not keep saying ``completed``."""
-    try:
-        fields = json.loads(rundir.summary_json.read_text())
-    except (OSError, ValueError):
-        return
-    fields.update(status="failed", error=error, updated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    try:
-        _write(rundir, fields)
-    except OSError as failure:
-        logger.warning(f"could not update {rundir.summary_json}: {failure}")
-
-
 def _write(rundir: RunDir, fields: dict[str, Any]) -> None:
     write_atomic(rundir.summary_json, json.dumps(fields, indent=2, default=_plain) + "\n")
     write_atomic(rundir.summary_txt, summary_text(fields))

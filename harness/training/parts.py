@@ -42,6 +42,7 @@ from harness.storage.rundir import RunDir
 from harness.training.features.base import Features
 from harness.training.features.registry import build_features
 from harness.training.plan import RunPlan
+from harness.training.probes import pause_at
 
 logger = logging.getLogger(__name__)
 
@@ -68,34 +69,26 @@ class Parts:
 
 
 def build_parts(plan: RunPlan, accelerator: Accelerator) -> Parts:
+    """The run's parts. Nothing is written to the run directory before everything that can be checked has been:
+    the data, the model (a forward pass at the configured size), the optimizer and schedule, and the checkpoint
+    to continue, loaded; so a refusal or a failure here leaves the directory as it was."""
     cfg, rundir = plan.cfg, plan.rundir
     set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
-    splits = run_splits(accelerator, cfg.data, saved=rundir.splits if plan.resume_from else None)
-    train_loader, eval_loaders = training_loaders(cfg, splits)
-    model = training_model(cfg, len(splits.classes))
-    optimizer = build_optimizer(cfg.optim, model)
-    criterion = build_criterion(cfg.loss, splits.class_counts("train")).to(accelerator.device)
-
-    _prepare_run_dir(accelerator, rundir, cfg, splits, fresh=plan.resume_from is None)
-    env = environment(accelerator)
-    notes = _announce(rundir, env, splits, cfg)
-
-    # Loaders first: the schedule is defined in optimizer updates, which depend on the per-process loader length.
-    train_loader, *prepared_eval = accelerator.prepare(train_loader, *eval_loaders.values())
-    eval_loaders = dict(zip(eval_loaders, prepared_eval))
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs,
-                                updates_per_epoch(len(train_loader), cfg.train.grad_accum_steps),
-                                cfg.model.freeze_backbone_epochs)
-    parameters = num_parameters(model)  # before ZeRO-3 partitions them
-    size_deepspeed_buckets(accelerator, parameters)
-    # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    match_buffers_to_params(model)
+    pause_at("data")
+    splits = run_splits(accelerator, cfg.data, saved=rundir.splits if plan.resume_from else None,
+                        exclude=rundir.root.parent)
+    train_loader, eval_loaders, model, optimizer, scheduler, criterion, parameters = _prepared(accelerator, cfg, splits)
     features = build_features(cfg, accelerator, model, len(splits.classes))
     for feature in features.with_state():  # before a checkpoint is loaded: it holds their state too
         accelerator.register_for_checkpointing(feature)
-    state = _restore(accelerator, cfg, plan.resume_from)
+    state, said = _restore(accelerator, cfg, plan.resume_from)
 
+    _prepare_run_dir(accelerator, plan, splits)
+    pause_at("written")
+    env = environment(accelerator)
+    notes = _announce(rundir, env, splits, cfg)
+    for line, log in zip(said, (logger.info, logger.warning)):
+        log(line)
     main = accelerator.is_main_process
     reporter = Reporter(rundir, main, cfg.log.tensorboard,
                         purge_step=state.global_step + 1 if plan.resume_from else None)
@@ -113,6 +106,28 @@ def build_parts(plan: RunPlan, accelerator: Accelerator) -> Parts:
     )
 
 
+def _prepared(accelerator: Accelerator, cfg: Config, splits: DataSplits) -> tuple:
+    """The loaders, model, optimizer, schedule and loss, prepared by the Accelerator; and the parameter count."""
+    pause_at("cache")
+    train_loader, eval_loaders = training_loaders(cfg, splits)
+    pause_at("model")
+    model = training_model(cfg, len(splits.classes))
+    optimizer = build_optimizer(cfg.optim, model)
+    criterion = build_criterion(cfg.loss, splits.class_counts("train")).to(accelerator.device)
+    # Loaders first: the schedule is defined in optimizer updates, which depend on the per-process loader length.
+    train_loader, *prepared_eval = accelerator.prepare(train_loader, *eval_loaders.values())
+    eval_loaders = dict(zip(eval_loaders, prepared_eval))
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs,
+                                updates_per_epoch(len(train_loader), cfg.train.grad_accum_steps),
+                                cfg.model.freeze_backbone_epochs)
+    parameters = num_parameters(model)  # before ZeRO-3 partitions them
+    size_deepspeed_buckets(accelerator, parameters)
+    # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    match_buffers_to_params(model)
+    return train_loader, eval_loaders, model, optimizer, scheduler, criterion, parameters
+
+
 def _announce(rundir: RunDir, env: dict, splits: DataSplits, cfg: Config) -> list[str]:
     """Log where and on what the run trains, and warn of what the data check and the config noted (returned)."""
     distributed = "" if env["distributed_type"] == "NO" else f" ({env['distributed_type']})"
@@ -127,18 +142,22 @@ def _announce(rundir: RunDir, env: dict, splits: DataSplits, cfg: Config) -> lis
     return notes
 
 
-def _prepare_run_dir(accelerator: Accelerator, rundir: RunDir, cfg: Config, splits: DataSplits, fresh: bool) -> None:
-    """A fresh run starts from an empty folder; either way the config and split lists are (re)written, what a
-    killed save left is removed and the log goes to train.log too."""
+def _prepare_run_dir(accelerator: Accelerator, plan: RunPlan, splits: DataSplits) -> None:
+    """Once the run is known to start: a run started over with --force loses its old directory; a run that never
+    reached a checkpoint loses what its attempt made (outputs only: other files stay); the config and split lists
+    are (re)written, what a killed save left is removed, and the log goes to train.log too."""
+    rundir, existed = plan.rundir, plan.rundir.root.exists()
     if accelerator.is_main_process:
-        if fresh:
-            shutil.rmtree(rundir.root, ignore_errors=True)
+        if plan.replace:
+            shutil.rmtree(rundir.root)
+        elif plan.resume_from is None:
+            rundir.remove_outputs()
         rundir.root.mkdir(parents=True, exist_ok=True)
         try:
-            cfg.save(rundir.config)
+            plan.cfg.save(rundir.config)
             splits.save(rundir.splits)
         except BaseException:
-            if fresh:  # half a run directory would stop the next attempt ("not a run directory")
+            if not existed or plan.replace:  # half a run directory would stop the next attempt ("not a run")
                 shutil.rmtree(rundir.root, ignore_errors=True)
             raise
     accelerator.wait_for_everyone()
@@ -146,15 +165,14 @@ def _prepare_run_dir(accelerator: Accelerator, rundir: RunDir, cfg: Config, spli
     log_to_file(accelerator, rundir.log_file)
 
 
-def _restore(accelerator: Accelerator, cfg: Config, resume_from: Path | None) -> TrainState:
-    """The train state; loaded with everything else when resuming."""
-    state = TrainState()
+def _restore(accelerator: Accelerator, cfg: Config, resume_from: Path | None) -> tuple[TrainState, list[str]]:
+    """The train state, loaded with everything else when resuming; and what the log says of it, once the run
+    directory is open (where the checkpoint was, and what moving it to this number of processes changed)."""
+    state, said = TrainState(), []
     if resume_from:
         load_checkpoint(accelerator, resume_from, state)
-        logger.info(f"resumed from {resume_from} (step {state.global_step}): {state.where()}")
+        said.append(f"resumed from {resume_from} (step {state.global_step}): {state.where()}")
     moved = state.move_to(accelerator.num_processes)
-    if moved:
-        logger.warning(moved)
     state.config = cfg.to_dict()
     state.started_at = state.started_at or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return state
+    return state, said + [moved] if moved else said

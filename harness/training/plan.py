@@ -10,12 +10,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.checkpointing.folders import STATE, latest_checkpoint, read_marker, read_pointer, verify
+from harness.checkpointing.folders import STATE, latest_checkpoint, read_marker, read_pointer, step_folders, verify
 from harness.config.loading import load_config
 from harness.config.naming import checked_run_name, run_name_for
 from harness.config.schema import Config
 from harness.errors import CheckpointError
-from harness.storage.rundir import RunDir
+from harness.storage.rundir import RunDir, protected_part
 from harness.training.features.early_stopping import stopped_early_at
 
 START_OVER_HINT = "--run-name NAME starts another run, --force starts over in it (deleting it)"
@@ -26,6 +26,7 @@ class RunPlan:
     cfg: Config
     rundir: RunDir
     resume_from: Path | None  # the checkpoint to continue from; None: start from the beginning
+    replace: bool = False  # --force on an existing run: deleted once the new run is known to start
 
     def finished(self) -> str | None:
         """How the run completed (final evaluation included) and what would continue it, if the checkpoint to
@@ -34,12 +35,11 @@ class RunPlan:
         if self.resume_from is None:
             return None
         try:
-            status = json.loads(self.rundir.summary_json.read_text()).get("status")
             epoch = read_marker(self.resume_from)["epoch"]
             history = json.loads((self.resume_from / STATE).read_text()).get("history", [])
         except (OSError, ValueError, KeyError, AttributeError):
             return None
-        if status != "completed":
+        if summary_status(self.rundir) != "completed":
             return None
         again = f"--resume {self.rundir.root}"
         if epoch >= self.cfg.train.epochs:
@@ -64,20 +64,49 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
     cfg.data.settle()
     name = (args.run_name or "{name}").replace("{name}", run_name_for(cfg, args.overrides))
     rundir = RunDir(Path(args.output_dir) / checked_run_name(name))
+    if protected_part(rundir.root) is not None:
+        raise CheckpointError(f"--output-dir {args.output_dir}: inside {protected_part(rundir.root)}, which only "
+                              "that run's training writes: choose another --output-dir")
     if not rundir.root.exists() or (rundir.root.is_dir() and not any(rundir.root.iterdir())):
         return RunPlan(cfg, rundir, None)
     if not rundir.is_run():
         raise CheckpointError(f"{rundir.root} exists and is not a run directory (--force deletes only runs): "
                               "choose another --run-name or --output-dir")
     if args.force:
-        return RunPlan(cfg, rundir, None)
+        return RunPlan(cfg, rundir, None, replace=True)
     if args.resume == "never":
         raise CheckpointError(f"{rundir.root} already holds a run (--resume never): {START_OVER_HINT}")
     changed = first_difference(load_config(rundir.config).to_dict(), cfg.to_dict())
     if changed:
         raise CheckpointError(f"{rundir.root} holds a run with another config ({changed}): --resume {rundir.root} "
                               f"continues it with its own config, {START_OVER_HINT}")
-    return RunPlan(cfg, rundir, latest_checkpoint(rundir))  # None: it never got to a checkpoint; start over
+    checkpoint = latest_checkpoint(rundir)
+    if checkpoint is None:
+        refuse_if_it_trained(rundir)  # otherwise it never reached a checkpoint: it starts again, in place
+    return RunPlan(cfg, rundir, checkpoint)
+
+
+def refuse_if_it_trained(rundir: RunDir) -> None:
+    """A run without a usable checkpoint that had one (its checkpoints deleted, say, to free space, or damaged)
+    cannot continue, and what it made (weights, outputs) is not for a new run to delete without --force."""
+    damaged = [(path.name, verify(path, content=True)) for path in step_folders(rundir)]
+    if damaged:
+        name, problem = damaged[-1]
+        raise CheckpointError(f"{rundir.root}: no usable checkpoint, it cannot continue ({name}: {problem}): "
+                              f"{START_OVER_HINT}")
+    trained = [path.name for path in (rundir.weights, rundir.checkpoints / "latest", rundir.reports) if path.exists()]
+    if trained or summary_status(rundir) == "completed":
+        raise CheckpointError(f"{rundir.root}: holds a run that trained ({', '.join(trained) or 'completed'}) but "
+                              f"has no checkpoint left to continue from: {START_OVER_HINT}")
+
+
+def summary_status(rundir: RunDir) -> str | None:
+    """The status a run's summary.json records; None when it has none (or it cannot be read)."""
+    try:
+        status = json.loads(rundir.summary_json.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
 
 
 def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:

@@ -23,7 +23,7 @@ import numpy as np
 from accelerate.utils import set_seed
 
 from harness.config.loading import load_config
-from harness.data.cache import image_cache
+from harness.data.cache import check_memory, image_cache
 from harness.data.loaders import train_loader
 from harness.data.source import run_splits
 from harness.data.workers import batches_of
@@ -36,6 +36,7 @@ from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together
 from harness.runtime.logs import setup_logging
 from harness.storage.atomic import atomic_path
+from harness.storage.rundir import check_outputs
 
 logger = logging.getLogger(__name__)
 SMOOTHING = 0.98
@@ -46,10 +47,13 @@ def find_lr(args: argparse.Namespace) -> int:
     setup_logging()
     cfg = load_config(args.config, args.overrides)
     cfg.data.settle()
+    out = Path(args.out or Path("lr_find") / cfg.name)
+    check_outputs([out / "lr_find.csv", out / "lr_find.png"], args.force, "--out DIR writes elsewhere")
     accelerator = build_accelerator(cfg.train.mixed_precision, 1, cfg.train.clip_grad_norm, cfg.train.batch_size)
     setup_logging(accelerator)
     set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
     splits = run_splits(accelerator, cfg.data)
+    check_memory(len(splits.splits["train"]), cfg.data)
     loader = train_loader(cfg, splits, image_cache(cfg.data.cache, splits.root, splits.splits["train"], cfg.data))
     model = training_model(cfg, len(splits.classes))
     optimizer = build_optimizer(cfg.optim, model)
@@ -61,7 +65,6 @@ def find_lr(args: argparse.Namespace) -> int:
     rates, smoothed = rates[:len(losses)], smooth(losses)
     suggested = suggestion(rates, smoothed)
     if accelerator.is_main_process:
-        out = Path(args.out or Path("lr_find") / cfg.name)
         _write(out, rates, losses, smoothed, suggested)
         logger.info(f"{len(losses)} updates from lr {rates[0]:.3g} to {rates[-1]:.3g}: suggested optim.lr "
                     f"{suggested:.3g} (the steepest fall of the loss); {out / 'lr_find.csv'}, {out / 'lr_find.png'}")

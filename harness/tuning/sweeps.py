@@ -24,17 +24,16 @@ from pathlib import Path
 import yaml
 
 from harness.config.loading import load_config
+from harness.config.yaml_text import read_yaml
 from harness.errors import ConfigError
 
 
 def load_sweep(path: str | Path) -> list[list[str]]:
     """The runs of a sweep file, in array order, each as ``section.key=value`` overrides."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = read_yaml(Path(path))
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the sweep file ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("grid", "runs"):
         raise ConfigError(f"{path}: a sweep file holds either 'grid:' (key: [values]) or 'runs:' (a list of "
                           "{key: value} mappings)")

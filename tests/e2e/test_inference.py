@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -56,8 +57,8 @@ def test_infer_reproduces_the_training_test_accuracy_exactly(trained, env, tmp_p
     assert last["epoch"] == 12 and metrics == json.loads((out / "metrics.json").read_text())
     again = run_infer(["--run", run, "--checkpoint", "last"], env, check=False)
     assert again.returncode == 1 and again.stderr.strip() == (
-        f"error: {run / 'inference' / 'test_last'} holds the outputs of an earlier inference: --force replaces "
-        "them, --out DIR writes elsewhere"), again.stderr
+        f"error: {run / 'inference' / 'test_last'} already holds predictions.csv, classification_report.txt, "
+        "confusion_matrix.png, metrics.json: --force replaces them, --out DIR writes elsewhere"), again.stderr
     run_infer(["--run", run, "--split", "val", "--checkpoint", "last", "--force", "--out", run / "inference" / "test_last"], env)
     last = json.loads((run / "inference" / "test_last" / "metrics.json").read_text())
     assert last["split"] == "val" and last["accuracy"] == pytest.approx(float(rows(run / "history.csv")[-1]["val_acc"]))
@@ -120,6 +121,10 @@ def test_tta_and_ensembles_average_what_they_should(trained, env, tmp_path):
         assert metrics["tta"] == tta and metrics["accuracy"] > 0.5 and len(rows(tmp_path / tta / "predictions.csv")) == 269
     both = json.loads((tmp_path / "both" / "metrics.json").read_text())
     assert both["tta"] == "hflip" and both["ensemble"] == [str(run), str(run)]
+    # The digits train without flips (a mirrored digit is another glyph): mirrored views are said to be unseen.
+    assert both["warnings"] == ["--tta hflip: the run trained without hflip (data.augmentations), so the model never "
+                                "saw such views of its images; averaging over them may lower the accuracy"]
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["warnings"] == []
     run_infer(["--ensemble", run, run, "--tta", "hflip", "--show", "0"], env)  # its own folder in the first run
     assert len(list((run / "inference").glob("test_best_tta-hflip_ensemble2-*"))) == 1
 
@@ -136,7 +141,18 @@ def test_tta_and_ensembles_average_what_they_should(trained, env, tmp_path):
 
 @pytest.mark.slow
 def test_exports_predict_what_pytorch_does_and_carry_the_preprocessing(trained, env, tmp_path):
-    run = trained
+    # A copy whose preprocessing has a mean unlike its std (the digits have 0.5 for both: a swap would not show).
+    run = tmp_path / "shifted"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("inference", "export"))
+    mean, std = [0.45, 0.5, 0.55], [0.4, 0.45, 0.5]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"].update(mean=mean, std=std)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    state, meta = read_weights(run / "weights" / "best.safetensors")
+    save_file(state, str(run / "weights" / "best.safetensors"), metadata={"harness": json.dumps({**meta, "mean": mean,
+                                                                                              "std": std})})
+    run_infer(["--run", run, "--show", "0"], env)  # the reference: infer.py, preprocessing from the run's config
+    reference = rows(run / "inference" / "test_best" / "predictions.csv")
     for fmt, file in (("onnx", "best.onnx"), ("torchscript", "best.torchscript.pt")):
         result = subprocess.run([*PYTHON, "harness/export.py", "--run", str(run), "--format", fmt], env=env, cwd=REPO,
                                 capture_output=True, text=True, timeout=600)
@@ -146,6 +162,7 @@ def test_exports_predict_what_pytorch_does_and_carry_the_preprocessing(trained, 
         assert record["check"]["agree"] == record["check"]["images"] == 269
         assert record["check"]["max_logit_difference"] < 1e-4
         assert record["classes"] == [str(d) for d in range(10)] and record["image_size"] == 32
+        assert (record["mean"], record["std"]) == (mean, std)
     # ONNX Runtime on the exported file alone, the preprocessing from its metadata: infer.py's predictions.
     import onnx
     import onnxruntime
@@ -153,17 +170,24 @@ def test_exports_predict_what_pytorch_does_and_carry_the_preprocessing(trained, 
     meta = json.loads({p.key: p.value for p in onnx.load(str(run / "export" / "best.onnx")).metadata_props}["harness"])
     session = onnxruntime.InferenceSession(str(run / "export" / "best.onnx"), providers=["CPUExecutionProvider"])
     root = builtin_root("digits", env["HARNESS_CACHE_DIR"])
-    mean, std = np.array(meta["mean"])[:, None, None], np.array(meta["std"])[:, None, None]
-    tests = rows(run / "predictions" / "test.csv")[:20]
+    offset, scale = np.array(meta["mean"])[:, None, None], np.array(meta["std"])[:, None, None]
     images = np.stack([(np.asarray(Image.open(root / row["path"]).convert("RGB"), np.float32).transpose(2, 0, 1) / 255
-                        - mean) / std for row in tests]).astype(np.float32)
-    logits = session.run(None, {"images": images})[0]
-    assert [meta["classes"][i] for i in logits.argmax(1)] == [row["prediction"] for row in tests]
+                        - offset) / scale for row in reference]).astype(np.float32)
+    probabilities = torch.from_numpy(session.run(None, {"images": images})[0]).softmax(1)
+    assert [meta["classes"][i] for i in probabilities.argmax(1)] == [row["prediction"] for row in reference]
+    assert np.allclose(probabilities.max(1).values.numpy(), [float(row["confidence"]) for row in reference], atol=2e-5)
+    from harness import load_run
+
+    loaded = load_run(run).predict([root / row["path"] for row in reference[:20]])  # the Python API, too
+    assert np.allclose(loaded.probabilities.max(1), [float(row["confidence"]) for row in reference[:20]], atol=2e-5)
     extra = {"harness.json": ""}
     with warnings.catch_warnings():  # torch deprecates TorchScript
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.load(str(run / "export" / "best.torchscript.pt"), _extra_files=extra)
     assert json.loads(extra["harness.json"])["classes"] == meta["classes"]
+    again = subprocess.run([*PYTHON, "harness/export.py", "--run", str(run), "--format", "onnx"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already holds best.onnx, best.onnx.json: --force replaces them" in again.stderr
 
 
 @pytest.mark.parametrize("module, command, message", [
@@ -215,4 +239,9 @@ def test_the_documented_python_example_predicts_what_infer_does(trained, env, tm
     assert result.paths == [str(tmp_path / "images" / "00.png"), None, None]
     assert result.labels == [p["prediction"] for p in inferred[:3]]
     assert result.probabilities.shape == (3, 10) and np.allclose(result.probabilities.sum(axis=1), 1.0)
+    for wrong, says in ((lambda: model.predict(tmp_path / "images", batch_size=0), "batch_size must be a whole number"),
+                        (lambda: load_run(run, device="tpu"), "device 'tpu' is not a device"),
+                        (lambda: load_run(run, checkpoint="newest"), "checkpoint must be 'best' or 'last'")):
+        with pytest.raises(ValueError, match=says):
+            wrong()
     assert np.allclose(result.probabilities.max(axis=1), [float(p["confidence"]) for p in inferred[:3]], atol=1e-6)

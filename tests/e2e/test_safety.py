@@ -78,7 +78,9 @@ def test_data_that_cannot_train_is_refused_and_a_long_warmup_warned(env, tmp_pat
 
 @pytest.mark.slow
 def test_one_training_per_run_directory_and_kill_9_releases_it(env, tmp_path):
-    command = ["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "shared", *FAST, "train.epochs=30"]
+    # Loader workers of its own: they outlive a kill -9 by seconds, and must not hold the lock meanwhile.
+    command = ["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "shared", *FAST, "train.epochs=30",
+               "data.num_workers=2"]
     first = subprocess.Popen([*PYTHON, str(REPO / "harness" / "train.py"), *map(str, command)], env=env, cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -94,11 +96,30 @@ def test_one_training_per_run_directory_and_kill_9_releases_it(env, tmp_path):
         first.wait()
     finally:
         first.kill()
-    # The lock died with its holder: the same command resumes.
+    # The lock died with its holder at once, its loader workers still alive or not: the same command resumes.
     run_train([*command, "--stop-after-epochs", "1"], env, launcher=PYTHON)
     s = summary(tmp_path / "shared")
     assert s["status"] == "interrupted" and s["resumed_from"] is not None and s["epoch"] >= 2
     assert not (tmp_path / ".shared.lock").exists()  # released, and removed, when the training ended
+
+
+@pytest.mark.slow
+def test_the_lock_is_held_through_the_final_evaluation(env, tmp_path):
+    command = ["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "ending", *FAST, "train.epochs=1"]
+    first = subprocess.Popen([*PYTHON, str(REPO / "harness" / "train.py"), *map(str, command)],
+                             env={**env, "HARNESS_PAUSE_AT": "final"}, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in first.stdout:  # every epoch done, the best weights about to be evaluated
+            if line.strip() == "paused at final":
+                break
+        second = run_train(command, env, launcher=PYTHON, check=False)
+        assert one_line_error(second).startswith(f"{tmp_path / 'ending'} is in use by another training (host ")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 143
+    finally:
+        first.kill()
+    assert summary(tmp_path / "ending")["status"] == "interrupted" and not (tmp_path / ".ending.lock").exists()
 
 
 @pytest.mark.slow

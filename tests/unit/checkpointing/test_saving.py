@@ -91,3 +91,12 @@ def test_latest_never_names_an_incomplete_checkpoint_wherever_a_save_stops(tmp_p
         save_all(run, OneProcess(), done)
         assert read_pointer(run.checkpoints / "latest") == "step-00000013"
         assert {p.name for p in run.checkpoints.iterdir()} == {"latest", "best", "step-00000010", "step-00000013"}
+
+
+def test_rotation_after_a_save_keeps_the_best_even_when_it_is_the_oldest(tmp_path):
+    run = RunDir(tmp_path)
+    for step in (4, 8, 12, 16):  # epoch 1 was the best; later epochs only saved
+        save_checkpoint(OneProcess(), run, TrainState(epoch=step // 4, global_step=step, best_checkpoint="step-00000004"),
+                        keep_last=2)
+    assert sorted(p.name for p in run.checkpoints.glob("step-*")) == ["step-00000004", "step-00000012", "step-00000016"]
+    assert read_pointer(run.checkpoints / "best") == "step-00000004" and verify(run.checkpoint("step-00000004")) is None
