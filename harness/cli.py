@@ -17,9 +17,16 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errn
                       errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EIO}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one line and exit code 2 like every other user mistake (argparse
+    itself prints the whole usage first)."""
+
+    def error(self, message: str):
+        sys.exit(_refuse(f"{self.prog}: {message} (see --help)"))
+
+
 def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``low``. Anything else is argparse's usage error, one line
-    naming the option (with the usage before it) and exit 2."""
+    """An argparse type: a whole number of at least ``low``. Anything else is a usage error naming the option."""
 
     def whole_number(text: str) -> int:
         try:
@@ -46,7 +53,7 @@ def run_cli(command: Callable[[], int]) -> int:
     try:
         return command()
     except UserError as error:
-        return _refuse(user_message(error))
+        return _refuse(user_message(error), own=getattr(error, "own", False))
     except OSError as error:
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise
@@ -57,7 +64,12 @@ def run_cli(command: Callable[[], int]) -> int:
         return 130
 
 
-def _refuse(message: str) -> int:
-    if os.environ.get("RANK", "0") == "0":  # every process hits the same mistake; one says it
+def _refuse(message: str, own: bool = False) -> int:
+    """Print the one line and return the exit code. Every process meets the same mistake, and the main one says
+    it; an error only this process met (``own``: a file its loader read) is said by this process, with its rank."""
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
         print(f"error: {message}", file=sys.stderr)
+    elif own:
+        print(f"error (process {rank}): {message}", file=sys.stderr)
     return USER_ERROR_EXIT

@@ -10,10 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.config.schema import Config
 from harness.config.typed import build_typed
+from harness.config.yaml_text import parse_yaml, read_yaml
 from harness.errors import ConfigError
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
@@ -21,12 +20,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -44,8 +38,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
         raise ConfigError(f"override {text!r}: expected the form section.key=value, e.g. optim.lr=0.01")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+        parsed = parse_yaml(value, f"override {text!r}") if value.strip() else None
+    except ConfigError:
         parsed = value
     return key, parsed
 

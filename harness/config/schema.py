@@ -26,9 +26,11 @@ DEFAULT_SPLIT_FRACTION = 0.1  # of the train pool, for a val or test split that 
 
 CLASS_WEIGHTS = Rule(
     lambda value: value == "balanced" or (isinstance(value, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)),
-    "be null, 'balanced' or a list of numbers (one per class)",
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value) and any(value)),
+    "be null, 'balanced' or a list of numbers of at least 0, not all 0 (one per class)",
 )
+BETAS = Rule(lambda values: len(values) == 2 and all(0 <= value < 1 for value in values), "hold 2 values in [0, 1)")
+SEED = Rule(lambda value: 0 <= value < 2**32, "be in [0, 2**32)")
 
 
 @dataclass
@@ -51,7 +53,7 @@ class DataConfig(Section):
     # Shares of the train pool held out where root/val, root/test are absent (null: 0.1); see ``settle``.
     val_fraction: Optional[float] = rule(None, FRACTION)
     test_fraction: Optional[float] = rule(None, FRACTION)
-    split_seed: int = 0  # the stratified split depends on this only, not on train.seed
+    split_seed: int = rule(0, SEED)  # the stratified split depends on this only, not on train.seed
     folds: Optional[int] = rule(None, at_least(2))  # k-fold: the non-test images in k stratified folds
     fold: int = rule(0, at_least(0))  # with folds: the fold that is the validation split (0 .. folds-1)
     image_size: int = rule(224, at_least(1))
@@ -109,11 +111,11 @@ class ModelConfig(Section):
 class OptimConfig(Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = rule(0.01, POSITIVE)
-    momentum: float = 0.9
+    momentum: float = rule(0.9, at_least(0))
     nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: List[float] = rule(check=count(2), factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    weight_decay: float = rule(0.0, at_least(0))
+    betas: List[float] = rule(check=BETAS, factory=lambda: [0.9, 0.999])
+    eps: float = rule(1e-8, at_least(0))
     decay_norm_and_bias: bool = False  # weight_decay on biases and normalisation weights too (timm: no)
     head_lr_multiplier: float = rule(1.0, POSITIVE)  # the classifier (last layer) learns at optim.lr times this
 
@@ -124,8 +126,8 @@ class SchedulerConfig(Section):
     warmup_epochs: float = rule(0.0, at_least(0))  # linear warmup, counted in optimizer updates (fractions allowed)
     warmup_start_factor: float = rule(0.1, SHARE)  # the warmup starts at lr * this
     step_size: float = rule(30.0, POSITIVE)  # step: epochs between decays
-    gamma: float = 0.1  # step: decay factor
-    min_lr: float = 0.0  # cosine: the floor
+    gamma: float = rule(0.1, POSITIVE)  # step: decay factor
+    min_lr: float = rule(0.0, at_least(0))  # cosine: the floor
     pct_start: float = rule(0.3, OPEN_FRACTION)  # onecycle: share of the run spent increasing the lr
 
     def check_together(self) -> None:
@@ -159,7 +161,7 @@ class TrainConfig(Section):
     grad_accum_steps: int = rule(1, at_least(1))
     clip_grad_norm: Optional[float] = rule(None, POSITIVE)
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None  # null: as the launch config says
-    seed: int = 42
+    seed: int = rule(42, SEED)
     deterministic: bool = False
     compile: bool = False  # torch.compile the model (the first steps compile it; checkpoints and weights unchanged)
     skip_nonfinite_steps: int = rule(0, at_least(0))  # updates with a NaN/inf loss to skip before the run fails

@@ -18,16 +18,19 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from harness.errors import DataError
+from harness.storage.rundir import is_run_directory
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 Image.MAX_IMAGE_PIXELS = None  # the harness applies its own limit, data.max_image_pixels, with a clear message
 PROGRESS_FROM = 2000  # images: a progress bar for the check from this many on
+T, R = TypeVar("T"), TypeVar("R")
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Found:
     outside: int = 0  # links followed out of the data root
     taken: set = field(default_factory=set)  # (device, inode) of the files taken: hard links are one file too
     entered: set = field(default_factory=set)  # real paths of the folders walked
+    excluded: set = field(default_factory=set)  # real paths of folders never read (the output folder of runs)
 
 
 def find_images(folder: Path, root: Path, found: Found) -> tuple[list[str], list[tuple[str, str]]]:
@@ -64,6 +68,9 @@ def _entries(folder: Path) -> list[os.DirEntry]:
 def _enter(folder: Path, real_root: Path, found: Found) -> bool:
     """Whether to walk ``folder``: not when it was walked before or holds the data root (a loop)."""
     real = os.path.realpath(folder)
+    if real in found.excluded or is_run_directory(folder):
+        found.skipped["run director(y/ies) or the folder of runs (never read as data)"] += 1
+        return False
     if real in found.entered or real_root.is_relative_to(real):
         found.skipped["folder link(s) to a folder already read (a loop, or a second path to it)"] += 1
         return False
@@ -140,16 +147,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def bad_images(root: Path, paths: list[str], max_pixels: int | None) -> dict[str, str]:
     """The files under ``root`` that cannot be read (path -> why), checked in parallel threads: the header,
     the size limit, then a decode (at reduced scale for JPEG, which still reads the whole file)."""
-    workers = min(16, (os.cpu_count() or 1) * 2)
-    bar = tqdm(total=len(paths), desc="checking images", unit="img", leave=False,
-               disable=len(paths) < PROGRESS_FROM or not sys.stderr.isatty())
-    with ThreadPoolExecutor(workers) as pool, bar:
-        problems = {}
-        for path, problem in zip(paths, pool.map(lambda p: _problem(root / p, max_pixels), paths, chunksize=64)):
-            bar.update()
-            if problem:
-                problems[path] = problem
-    return problems
+    found = in_threads(lambda path: _problem(root / path, max_pixels), paths, min(16, (os.cpu_count() or 1) * 2),
+                       "checking images")
+    return {path: problem for path, problem in zip(paths, found) if problem}
+
+
+def in_threads(work: Callable[[T], R], items: list[T], threads: int, what: str) -> list[R]:
+    """``work(item)`` for every item, in parallel threads (PIL releases the GIL as it decodes), in order, with a
+    progress bar on large lists (``what`` names it). A stop or an error ends it promptly: what has not started is
+    cancelled, not waited for."""
+    bar = tqdm(total=len(items), desc=what, unit="img", leave=False,
+               disable=len(items) < PROGRESS_FROM or not sys.stderr.isatty())
+    pool, results = ThreadPoolExecutor(threads), []
+    try:
+        with bar:
+            for result in pool.map(work, items):
+                results.append(result)
+                bar.update()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
 
 
 def _problem(path: Path, max_pixels: int | None) -> str | None:
@@ -171,8 +188,10 @@ def image_files(items: list[str | Path], what: str) -> list[Path]:
     files: list[Path] = []
     for item in items:
         path = Path(item).expanduser().resolve()
+        if path.is_dir() and is_run_directory(path):
+            raise DataError(f"{what} {item}: a run directory, whose pictures are not data: name a folder of images")
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+            files += sorted(_images_under(path))
         elif path.is_file():
             files.append(path)
         else:
@@ -180,3 +199,13 @@ def image_files(items: list[str | Path], what: str) -> list[Path]:
     if not files:
         raise DataError(f"{what} {' '.join(map(str, items))}: no image files found ({', '.join(IMG_EXTENSIONS)})")
     return files
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, run directories (a run's own pictures) left out."""
+    found = []
+    for parent, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not is_run_directory(Path(parent, name))]
+        found += [Path(parent, name) for name in names if Path(name).suffix.lower() in IMG_EXTENSIONS
+                  and Path(parent, name).is_file()]
+    return found

@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from harness.config.schema import Config, DataConfig
-from harness.data.cache import ImageCache, image_cache
+from harness.data.cache import ImageCache, check_memory, image_cache
 from harness.data.images import load_image
 from harness.data.splits import DataSplits, Samples
 from harness.data.transforms import SampleTransform, build_transform
@@ -139,6 +139,7 @@ def train_loader(cfg: Config, splits: DataSplits, cache: ImageCache | None) -> D
 def training_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[str, DataLoader]]:
     """The shuffled, augmented train loader, and one unshuffled, unaugmented loader per split; the loaders
     read every epoch (train, val) keep their workers. A split's image cache serves both its loaders."""
+    check_memory(sum(len(samples) for samples in splits.splits.values()), cfg.data)
     caches = {split: image_cache(cfg.data.cache, splits.root, samples, cfg.data)
               for split, samples in splits.splits.items()}
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size

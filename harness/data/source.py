@@ -18,12 +18,14 @@ def data_root(cfg: DataConfig) -> Path:
     return builtin_root(cfg.builtin, cfg.cache_dir) if cfg.builtin else Path(cfg.root).expanduser()
 
 
-def run_splits(accelerator: Accelerator, cfg: DataConfig, saved: Path | None = None) -> DataSplits:
+def run_splits(accelerator: Accelerator, cfg: DataConfig, saved: Path | None = None, exclude: Path | None = None
+               ) -> DataSplits:
     """The splits a run trains on: those it ``saved`` (a resume reads them back and checks nothing again), or,
     for a new run, found and checked once on the main process, so that every process trains on exactly the
-    same images. Built-in data is materialised by the main process first."""
+    same images (``exclude``: the folder of the runs, when it is inside the data). Built-in data is materialised
+    by the main process first."""
     with accelerator.main_process_first():
         root = data_root(cfg)
     if saved is not None:
         return DataSplits.load(saved, root)
-    return on_main(accelerator, lambda: discover_splits(cfg, root))
+    return on_main(accelerator, lambda: discover_splits(cfg, root, exclude))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,32 +55,41 @@ class DataSplits:
 
     @classmethod
     def load(cls, folder: Path, root: Path) -> "DataSplits":
-        """Read the class list and the split lists a run saved."""
+        """Read the class list and the split lists a run saved; a damaged one is a DataError naming it."""
         if not (folder / "classes.txt").is_file():
             raise DataError(f"{folder}: no classes.txt: not the splits folder of a run")
-        classes = (folder / "classes.txt").read_text().splitlines()
-        index = {name: i for i, name in enumerate(classes)}
-        splits = {}
-        for split in SPLITS:
-            path = folder / f"{split}.csv"
-            if not path.exists():
-                continue
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-            unknown = {r["label"] for r in rows} - index.keys()
-            if unknown:
-                raise DataError(f"{path}: labels {sorted(unknown)} are not classes of this run")
-            splits[split] = [(r["path"], index[r["label"]]) for r in rows]
-        skipped = {}
-        if (folder / "skipped_images.csv").is_file():
-            with open(folder / "skipped_images.csv", newline="") as f:
-                skipped = {r["path"]: r["problem"] for r in csv.DictReader(f)}
-        notes = (folder / "warnings.txt").read_text().splitlines() if (folder / "warnings.txt").is_file() else []
+        try:
+            classes = (folder / "classes.txt").read_text(encoding="utf-8").splitlines()
+            index = {name: i for i, name in enumerate(classes)}
+            splits = {split: [(row["path"], index[row["label"]]) for row in _read_csv(folder / f"{split}.csv")]
+                      for split in SPLITS if (folder / f"{split}.csv").exists()}
+            skipped = {row["path"]: row["problem"] for row in _read_csv(folder / "skipped_images.csv")}
+            notes = _read_lines(folder / "warnings.txt")
+        except (KeyError, ValueError, csv.Error) as error:  # UnicodeDecodeError is a ValueError
+            raise DataError(f"{folder}: the run's split lists are damaged ({type(error).__name__}: {error}); the run "
+                            "cannot be resumed or evaluated on its own splits") from None
         return cls(Path(root), classes, splits, skipped, notes)
 
 
+def _read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV file the harness wrote (none if it is absent); a field that is not there is a KeyError
+    when read, a row with too few fields one too."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        if None in row.values() or None in row:
+            raise ValueError(f"{path.name}: a row with {len(row)} fields where the header has others")
+    return rows
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+
+
 def _write_csv(path: Path, header: list[str], rows: list) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
@@ -89,18 +99,19 @@ def _write_csv(path: Path, header: list[str], rows: list) -> None:
 # Finding the splits
 
 
-def discover_splits(cfg: DataConfig, root: Path) -> DataSplits:
+def discover_splits(cfg: DataConfig, root: Path, exclude: Path | None = None) -> DataSplits:
     """root/{train,val,test}/<class>/* where present; a missing val or test split is carved out of the
     train pool (root/train, or root itself when it has no train/ folder), stratified by class. With
     ``data.folds``, train and val are fold ``data.fold`` of k stratified folds of every non-test image instead.
-    Every image is checked first (``data.on_bad_image``); what cannot be trained is refused, what is odd is noted."""
+    Every image is checked first (``data.on_bad_image``); what cannot be trained is refused, what is odd is noted.
+    ``exclude`` (the folder of the runs) and run directories are never read as data."""
     if not root.is_dir():
         raise DataError(f"data.root: {root} is not a folder")
     present = [s for s in SPLITS if (root / s).is_dir()]
     if present and "train" not in present:
         raise DataError(f"{root}: has {'/, '.join(present)}/ but no train/ folder")
     pool_dir = root / "train" if present else root
-    found = Found()
+    found = Found(excluded={os.path.realpath(exclude)} if exclude else set())
     classes, pool = find_images(pool_dir, root, found)
     if len(classes) < 2:
         raise DataError(f"{pool_dir}: {len(classes)} class folder(s) {classes}: classification needs at least two")
@@ -114,6 +125,7 @@ def discover_splits(cfg: DataConfig, root: Path) -> DataSplits:
             if split_classes != classes:
                 missing, extra = sorted(set(classes) - set(split_classes)), sorted(set(split_classes) - set(classes))
                 raise DataError(f"{root / split}: classes differ from {pool_dir}: missing {missing}, extra {extra}")
+    _check_names(root, classes, [file for files in named.values() for file in files])
     index = {name: i for i, name in enumerate(classes)}
     skipped = _leave_out_bad_images(cfg, root, named)
     splits = {split: [(path, index[label]) for label, path in files] for split, files in named.items()}
@@ -129,6 +141,20 @@ def discover_splits(cfg: DataConfig, root: Path) -> DataSplits:
     data = DataSplits(root, classes, {s: splits[s] for s in SPLITS if splits.get(s)}, skipped, _found_notes(found))
     _check_classes(data, root)
     return data
+
+
+def _check_names(folder: Path, classes: list[str], files: list[tuple[str, str]]) -> None:
+    """Class folders and files whose names are not UTF-8 (bytes the file system keeps, which no list of the run can
+    hold) are refused, a few of them named."""
+    bad = []
+    for name in [*classes, *(path for _, path in files)]:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(os.fsencode(name))
+    if bad:
+        raise DataError(f"{folder}: {len(bad)} folder or file name(s) are not UTF-8, e.g. {bad[:3]}: rename them "
+                        "(e.g. with convmv)")
 
 
 def _leave_out_bad_images(cfg: DataConfig, root: Path, named: dict[str, list]) -> dict[str, str]:

@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from harness.config.schema import DataConfig
-from harness.errors import ConfigError
+from harness.errors import ConfigError, one_line
 
 AUGMENTATIONS: dict[str, Callable[..., Callable]] = {
     "hflip": lambda size, **kw: T.RandomHorizontalFlip(**kw),
@@ -28,6 +28,7 @@ AUGMENTATIONS: dict[str, Callable[..., Callable]] = {
     "auto_augment": lambda size, policy="imagenet", **kw: T.AutoAugment(T.AutoAugmentPolicy(policy), **kw),
 }
 TENSOR_AUGMENTATIONS = {"random_erasing": lambda size, **kw: T.RandomErasing(**kw)}
+TRIES = 8  # blank samples an augmentation is tried on before a run
 
 
 def resizer(size: int) -> Callable[[Image.Image], Image.Image]:
@@ -50,20 +51,33 @@ class SampleTransform:
 
 
 def build_transform(cfg: DataConfig, train: bool) -> SampleTransform:
+    if not train:
+        return SampleTransform(cfg.image_size, [T.PILToTensor()])
     pil_ops, tensor_ops = [], []
     for i, spec in enumerate(cfg.augmentations):
         name, kwargs = _augmentation_spec(spec, f"data.augmentations[{i}]")
-        table = TENSOR_AUGMENTATIONS if name in TENSOR_AUGMENTATIONS else AUGMENTATIONS
-        try:
-            op = table[name](cfg.image_size, **kwargs)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"data.augmentations[{i}] ({name}): {e}") from None
-        (tensor_ops if table is TENSOR_AUGMENTATIONS else pil_ops).append(op)
-    if not train:
-        return SampleTransform(cfg.image_size, [T.PILToTensor()])
+        tensor = name in TENSOR_AUGMENTATIONS
+        table = TENSOR_AUGMENTATIONS if tensor else AUGMENTATIONS
+        op = _tried(f"data.augmentations[{i}] ({name})", table[name], cfg.image_size, kwargs, tensor)
+        (tensor_ops if tensor else pil_ops).append(op)
     if tensor_ops:
         return SampleTransform(cfg.image_size, [*pil_ops, T.ToTensor(), T.Normalize(cfg.mean, cfg.std), *tensor_ops])
     return SampleTransform(cfg.image_size, [*pil_ops, T.PILToTensor()])
+
+
+def _tried(key: str, factory: Callable[..., Callable], size: int, kwargs: dict, tensor: bool) -> Callable:
+    """The augmentation ``factory`` builds, applied to a blank sample a few times first (the global RNG left as it
+    was): keyword arguments that its constructor takes but its first use refuses are a one-line error now."""
+    sample = torch.zeros(3, size, size) if tensor else Image.new("RGB", (size, size))
+    try:
+        op = factory(size, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            for seed in range(TRIES):  # a random branch (p=0.5, say) is met at least once, almost surely
+                torch.manual_seed(seed)
+                op(sample)
+    except Exception as error:
+        raise ConfigError(f"{key}: {one_line(error)}") from None
+    return op
 
 
 def _augmentation_spec(spec, key: str) -> tuple[str, dict]:

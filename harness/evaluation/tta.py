@@ -49,3 +49,15 @@ def mean_log_probabilities(log_probabilities: list[torch.Tensor]) -> torch.Tenso
         return log_probabilities[0]
     stacked = torch.stack(log_probabilities)
     return torch.logsumexp(stacked, dim=0) - torch.log(torch.tensor(float(len(log_probabilities))))
+
+
+# The augmentations a training needs for each set's views to look like what the model saw: any one of each group.
+TRAINED_FOR = {"identity": [], "hflip": [["hflip"]], "flips": [["hflip"], ["vflip"]],
+               "five_crop": [["random_crop", "random_resized_crop"]]}
+
+
+def unseen_views(tta: str, augmentations: list) -> list[str]:
+    """What a training with ``augmentations`` (``data.augmentations``) lacks for the views of ``tta``: the model
+    never saw such images, and averaging over them can lower the accuracy (a mirrored digit is another glyph)."""
+    trained = {spec if isinstance(spec, str) else spec.get("name") for spec in augmentations}
+    return [" or ".join(group) for group in TRAINED_FOR[tta] if not trained & set(group)]

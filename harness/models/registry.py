@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from harness.config.schema import Config, ModelConfig
-from harness.errors import ConfigError, MissingDependency
+from harness.errors import ConfigError, MissingDependency, UserError, one_line
 
 CUSTOM_MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -59,8 +59,10 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         model = torchvision.models.get_model(cfg.name, weights=_cached_weights(cfg.name), **cfg.kwargs)
         _replace_head(model, num_classes)
         return model
-    except (TypeError, ValueError) as e:  # bad model.kwargs, or a size the architecture refuses
-        raise ConfigError(f"model.kwargs: {cfg.name} cannot be built with {cfg.kwargs}: {e}") from None
+    except UserError:
+        raise
+    except Exception as error:  # bad model.kwargs, or a size the architecture refuses (models assert, too)
+        raise ConfigError(f"model.kwargs: {cfg.name} cannot be built with {cfg.kwargs}: {one_line(error)}") from None
 
 
 def _timm_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
@@ -80,8 +82,8 @@ def _timm_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=cfg.pretrained, pretrained_cfg_overlay=overlay,
                                  num_classes=num_classes, **cfg.kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model.kwargs: {cfg.name} cannot be built with {cfg.kwargs}: {e}") from None
+    except Exception as error:
+        raise ConfigError(f"model.kwargs: {cfg.name} cannot be built with {cfg.kwargs}: {one_line(error)}") from None
 
 
 def _cached_timm_weights(name: str) -> str:
@@ -133,8 +135,10 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 
 
 def training_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The model a run trains: ``model.*`` built, in its memory format, compiled with ``train.compile``."""
+    """The model a run trains: ``model.*`` built, checked on an image of ``data.image_size``, in its memory format,
+    compiled with ``train.compile``."""
     model = build_model(cfg.model, num_classes)
+    check_takes(model, cfg.model, cfg.data.image_size)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.compile:
@@ -143,3 +147,19 @@ def training_model(cfg: Config, num_classes: int) -> nn.Module:
         # the sizes in another order, would compute with other kernels than the run it continues.
         model.compile(dynamic=True)
     return model
+
+
+def check_takes(model: nn.Module, cfg: ModelConfig, image_size: int) -> None:
+    """One forward pass of a blank image of the configured size, in evaluation mode, the RNG and the model's
+    statistics left as they were: a model that cannot take the size (or its kwargs) is a one-line error before the
+    run starts, not a traceback at its first batch."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(torch.zeros(1, 3, image_size, image_size))
+    except Exception as error:
+        raise ConfigError(f"model.name: {cfg.name} cannot take {image_size}x{image_size} images (data.image_size) with "
+                          f"model.kwargs {cfg.kwargs}: {one_line(error)}; change one of them") from None
+    finally:
+        model.train(training)
