@@ -56,7 +56,9 @@ def quickstart(env, tmp_path_factory) -> Trained:
     checks the run, tests/e2e/test_inference.py infers from copies of it)."""
 
     def train(folder: Path) -> None:
-        result = run_train(["--config", DIGITS, "--output-dir", folder / "runs"], env)
+        # A home never used before: matplotlib's font cache is built during the run, as on a new user's machine.
+        fresh = {**env, "MPLCONFIGDIR": str(folder / "matplotlib")}
+        result = run_train(["--config", DIGITS, "--output-dir", folder / "runs"], fresh)
         (folder / "stdout").write_text(result.stdout)
         (folder / "stderr").write_text(result.stderr)
 

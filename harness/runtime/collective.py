@@ -42,6 +42,15 @@ def first_failure(accelerator: Accelerator, action: Callable[[], T]) -> tuple[T 
     return result, next((message for message in failures if message), None)
 
 
+# What gloo says when a process of the group has gone (NCCL waits for its watchdog instead).
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective's failure because another process of the group has ended."""
+    return isinstance(error, RuntimeError) and any(sign in str(error) for sign in LOST_PEER)
+
+
 def leave_together(accelerator: Accelerator) -> None:
     """Every process waits for the others, then the process group is torn down. A process that exits while
     another still writes reports can take the job down with it (DeepSpeed's shared-memory transport aborts),

@@ -49,6 +49,22 @@ class DataWait:
             started = self.clock()
 
 
+class Padding:
+    """Under several processes accelerate gives every process a full batch at an epoch's end (``even_batches``): the
+    last global batch is completed with the epoch's first samples again. They are trained on (the condition of
+    "several processes equal one": a train split that divides into processes x batch size), but counted in no
+    metric: process ``p``'s ``k``-th batch holds the epoch's positions from ``(k * processes + p) * batch_size`` on,
+    and those past the epoch's ``samples`` are copies."""
+
+    def __init__(self, samples: int, processes: int, process: int, batch_size: int) -> None:
+        self.samples, self.processes, self.process, self.batch_size = samples, processes, process, batch_size
+
+    def own(self, batch_index: int, size: int) -> int:
+        """How many of the batch's ``size`` samples, its first, are the epoch's own (the rest are copies)."""
+        start = (batch_index * self.processes + self.process) * self.batch_size
+        return max(0, min(size, self.samples - start))
+
+
 class EpochMeter:
     """Sums of the training pass, ``[loss * n, correct, n]``, and a window of ``[loss, batches]`` since the
     last log line. A batch whose loss is not finite counts nowhere.

@@ -4,12 +4,14 @@ only the main process writes, and checkpoints move between world sizes."""
 
 import math
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from harness.data.loaders import EpochSampler
 from tests.helpers import (ACCELERATE, CPU_LAUNCH, DDP, DIGITS, REPO, assert_same_weights, make_image_folder, marker,
                            pointer, rows, run_infer, run_train, summary, weights)
 
@@ -211,3 +213,51 @@ def test_the_multi_gpu_launch_config_on_a_machine_without_gpus_runs_ddp_on_the_c
     s = summary(tmp_path / "gpu_yaml")
     assert (s["distributed_type"], s["num_processes"], s["images"]["test"]) == ("MULTI_CPU", 2, 36)
     assert_same_weights(out / "two" / "weights" / "last.safetensors", tmp_path / "gpu_yaml" / "weights" / "last.safetensors")
+
+
+def uneven_config(tmp_path, setup) -> Path:
+    """The setup's config on 120 training images: 2 processes of 32 meet 8 copies in the last global batch."""
+    _, config, _ = setup
+    root = make_image_folder(tmp_path / "uneven" / "train", classes=4, per_class=30, size=16).parent
+    make_image_folder(root / "val", classes=4, per_class=3, size=16)
+    make_image_folder(root / "test", classes=4, per_class=3, size=16)
+    uneven = yaml.safe_load(config.read_text())
+    uneven["data"]["root"] = str(root)
+    path = tmp_path / "uneven.yaml"
+    path.write_text(yaml.safe_dump(uneven))
+    return path
+
+
+@pytest.mark.slow
+def test_the_train_metrics_count_every_image_once_when_the_processes_batches_do_not_divide_it(setup, env, tmp_path):
+    """With no learning (a learning rate of 1e-30), the training pass's loss and accuracy are those of the same
+    images under any process count: the copies that complete the last global batch count nowhere."""
+    config = uneven_config(tmp_path, setup)
+    still = ["train.epochs=1", "optim.lr=1e-30", "--output-dir", tmp_path / "runs"]
+    run_train(["--config", config, *still, "--run-name", "one"], env)
+    run_train(["--config", config, *still, "--run-name", "two", "train.batch_size=32"], env, launcher=DDP)
+    one, two = (rows(tmp_path / "runs" / name / "history.csv")[0] for name in ("one", "two"))
+    assert float(two["train_acc"]) == float(one["train_acc"])
+    assert math.isclose(float(two["train_loss"]), float(one["train_loss"]), rel_tol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_error_one_process_meets_is_said_by_it_with_its_rank_and_the_others_end_too(setup, env, tmp_path):
+    """A file that broke after the data was checked, read by process 1 only: it says so (with its rank), and
+    process 0, waiting for it in a collective, ends at once instead of hanging, the run marked failed."""
+    config = uneven_config(tmp_path, setup)
+    command = ["--config", config, "train.epochs=2", "train.batch_size=32", "--output-dir", tmp_path / "runs",
+               "--run-name", "broken"]
+    run_train([*command, "--stop-after-epochs", "1"], env, launcher=DDP)
+    run = tmp_path / "runs" / "broken"
+    train = rows(run / "splits" / "train.csv")
+    order = EpochSampler(len(train), seed=42)
+    order.set_epoch(1)  # the second epoch, whose first global batch of 32 is process 0's, the next process 1's
+    (epoch, first_of_process_1), *_ = list(order)[32:]
+    broken = Path(yaml.safe_load(config.read_text())["data"]["root"]) / train[first_of_process_1]["path"]
+    broken.write_bytes(broken.read_bytes()[:20])
+    resumed = run_train(command, env, launcher=DDP, check=False, timeout=300)
+    assert resumed.returncode != 0
+    assert f"error (process 1): {broken}: cannot read image" in resumed.stderr, resumed.stderr[-3000:]
+    assert "error: another process of the run ended (its error is above)" in resumed.stderr
+    assert summary(run)["status"] == "failed" and summary(run)["epoch"] == 1

@@ -64,6 +64,7 @@ def test_a_batch_is_mixed_by_its_own_seed_into_soft_targets():
     assert 0 < lam < 1 and torch.allclose(targets.sum(1), torch.ones(6))
     assert torch.allclose(mixed, lam * images + (1 - lam) * images.roll(1, 0), atol=1e-6)
     assert not torch.equal(mixup.mix(images, labels, epoch=2, batch=8)[1], targets)  # another batch: another mix
+    assert not torch.equal(mixup.mix(images, labels, epoch=3, batch=7)[1], targets)  # the same batch next epoch too
     assert not torch.equal(Mixup(MixupConfig(alpha=0.4, cutmix_alpha=0.0), 3, seed=1, process=1).mix(
         images, labels, epoch=2, batch=7)[1], targets)  # another process's batch too
     # CutMix: every pixel is the image's own or its neighbour's, the targets weighted by the areas

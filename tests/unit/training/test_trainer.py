@@ -11,6 +11,7 @@ import yaml
 from harness.checkpointing.folders import read_marker, step_folders
 from harness.config.loading import load_config
 from harness.errors import TrainingDiverged
+from harness.optim.schedules import lr_per_update
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.signals import TrainingInterrupted
 from harness.storage.rundir import RunDir
@@ -103,6 +104,10 @@ def test_a_nonfinite_update_is_skipped_and_counts_nowhere_or_stops_the_run(confi
     skipping.fit()
     state = skipping.parts.state
     assert state.skipped_steps == 1 and state.global_step == BATCHES
+    # The skipped update still advanced the schedule: one step per update, and the one-epoch cosine is at its end.
+    assert skipping.parts.scheduler.scheduler.last_epoch == BATCHES
+    assert skipping.parts.scheduler.get_last_lr()[0] == 0.0 < lr_per_update(
+        skipping.parts.cfg.optim, skipping.parts.cfg.scheduler, 1, BATCHES)[-1]
     assert torch.isfinite(torch.tensor(state.history[0]["train_loss"]))
     assert all(torch.isfinite(p).all() and not torch.equal(p, before[n]) for n, p in skipping.parts.model.named_parameters())
     failing = trainer(config, tmp_path / "fail", "train.epochs=1")
