@@ -15,6 +15,13 @@ import pytest
 from tests.helpers import DIGITS, run_train
 
 
+@pytest.fixture(scope="session", autouse=True)
+def process_cache(tmp_path_factory) -> None:
+    """What the tests' own process keeps between runs (the image index, the built-in data) goes to a folder of the
+    session, never the user's cache."""
+    os.environ["HARNESS_CACHE_DIR"] = str(tmp_path_factory.mktemp("process-cache"))
+
+
 @pytest.fixture(scope="session")
 def env(tmp_path_factory) -> dict:
     """The environment for entry-point subprocesses: one built-in data cache for the whole session."""

@@ -16,23 +16,17 @@ import numpy as np
 from PIL import Image
 
 from harness.data.splits import stratified_split
+from harness.storage.cachedir import cache_root
 
 DIGITS_VERSION = "digits-v1"
 DIGITS_SIZE = 32
 COMPLETE_MARKER = ".complete"
 
 
-def default_cache_dir() -> Path:
-    if os.environ.get("HARNESS_CACHE_DIR"):
-        return Path(os.environ["HARNESS_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "harness"
-
-
 def builtin_root(name: str, cache_dir: str | None) -> Path:
     """The ImageFolder root of a built-in data set, materialising it first if needed."""
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if name == "digits":
-        return _materialise_digits(cache)
+        return _materialise_digits(cache_root(cache_dir))
     raise ValueError(f"unknown built-in data set {name!r}")  # the config schema only admits known names
 
 
