@@ -39,6 +39,13 @@ def launch(script: str, args: list[str], env: dict, launcher: list[str] = CPU_LA
     return result
 
 
+def one_line_error(result) -> str:
+    """The single stderr line of a refused command, without its 'error: ' prefix."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0][len("error: "):]
+
+
 def run_train(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
     return launch("train.py", args, env, **kw)
 

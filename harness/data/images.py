@@ -12,25 +12,29 @@ Reading: 16-bit and 32-bit integer images (``I;16``, ``I``) are scaled by 1/257 
 
 from __future__ import annotations
 
+import io
+import multiprocessing
 import os
+import signal
 import sys
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import BinaryIO, Callable
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from harness.data.index import ImageIndex, Stat, Verdict
 from harness.errors import DataError
 from harness.storage.rundir import is_run_directory
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 Image.MAX_IMAGE_PIXELS = None  # the harness applies its own limit, data.max_image_pixels, with a clear message
 PROGRESS_FROM = 2000  # images: a progress bar for the check from this many on
-T, R = TypeVar("T"), TypeVar("R")
+CHUNK = 64  # images a process of the check takes at a time
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Found:
     taken: set = field(default_factory=set)  # (device, inode) of the files taken: hard links are one file too
     entered: set = field(default_factory=set)  # real paths of the folders walked
     excluded: set = field(default_factory=set)  # real paths of folders never read (the output folder of runs)
+    stats: dict = field(default_factory=dict)  # path relative to the root -> Stat of the file taken
 
 
 def find_images(folder: Path, root: Path, found: Found) -> tuple[list[str], list[tuple[str, str]]]:
@@ -82,35 +87,38 @@ def _enter(folder: Path, real_root: Path, found: Found) -> bool:
 
 def _walk(folder: Path, label: str, roots: tuple[Path, Path], found: Found, files: list) -> None:
     root, real_root = roots
+    prefix = f"{folder.relative_to(root)}{os.sep}"  # paths as strings: a Path per file costs more than the listing
     for entry in _entries(folder):
-        path = Path(entry.path)
         if entry.name.startswith("."):
             found.skipped["hidden file(s) or folder(s)"] += 1
         elif entry.is_dir():
-            if _enter(path, real_root, found):
-                _walk(path, label, roots, found, files)
+            if _enter(Path(entry.path), real_root, found):
+                _walk(Path(entry.path), label, roots, found, files)
         elif not entry.is_file():  # never opened: reading a pipe would wait forever
             found.skipped["broken link(s)" if entry.is_symlink() else "special file(s) (pipes, sockets, devices)"] += 1
-        elif path.suffix.lower() in IMG_EXTENSIONS:
+        elif os.path.splitext(entry.name)[1].lower() in IMG_EXTENSIONS:
             stat = entry.stat()  # the file itself, through any link: one call, where a real path costs many
             if (stat.st_dev, stat.st_ino) in found.taken:
                 found.skipped["second path(s) to an image already taken"] += 1
                 continue
             found.taken.add((stat.st_dev, stat.st_ino))
-            if entry.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(real_root):
+            if entry.is_symlink() and not Path(os.path.realpath(entry.path)).is_relative_to(real_root):
                 found.outside += 1
-            files.append((label, str(path.relative_to(root))))
+            relative = prefix + entry.name
+            found.stats[relative] = Stat(stat.st_size, stat.st_mtime_ns)
+            files.append((label, relative))
 
 
 # ----------------------------------------------------------------------------------------------------
 # Reading
 
 
-def load_image(path: Path, max_pixels: int | None = None) -> Image.Image:
-    """Any PIL-readable image as 8-bit RGB; a DataError naming the file if it cannot be."""
+def load_image(path: Path, max_pixels: int | None = None, source: BinaryIO | None = None) -> Image.Image:
+    """Any PIL-readable image as 8-bit RGB; a DataError naming the file if it cannot be. ``source``: the file's
+    bytes, read from elsewhere (a packed folder's shard)."""
     try:
-        with Image.open(path) as img:
-            too_large = _too_large(img, max_pixels)
+        with Image.open(path if source is None else source) as img:
+            too_large = _size_problem(*img.size, max_pixels)
             if too_large:
                 raise DataError(f"{path}: {too_large}")
             return to_rgb(img)
@@ -120,9 +128,9 @@ def load_image(path: Path, max_pixels: int | None = None) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
-def _too_large(img: Image.Image, max_pixels: int | None) -> str | None:
-    """Why an image is over the size limit (read from its header, before any decoding), or None."""
-    width, height = img.size
+def _size_problem(width: int, height: int, max_pixels: int | None) -> str | None:
+    """Why an image of ``width`` x ``height`` is over the size limit (known from its header, before any decoding),
+    or None."""
     if max_pixels and width * height > max_pixels:
         return (f"{width}x{height} is {width * height / 1e6:.0f} megapixels, above data.max_image_pixels "
                 f"({max_pixels}): raise it, or shrink the image")
@@ -144,42 +152,75 @@ def to_rgb(img: Image.Image) -> Image.Image:
 # Checking every file once
 
 
-def bad_images(root: Path, paths: list[str], max_pixels: int | None) -> dict[str, str]:
-    """The files under ``root`` that cannot be read (path -> why), checked in parallel threads: the header,
-    the size limit, then a decode (at reduced scale for JPEG, which still reads the whole file)."""
-    found = in_threads(lambda path: _problem(root / path, max_pixels), paths, min(16, (os.cpu_count() or 1) * 2),
-                       "checking images")
-    return {path: problem for path, problem in zip(paths, found) if problem}
+def bad_images(root: Path, paths: list[str], max_pixels: int | None, index: ImageIndex | None = None,
+               stats: dict[str, Stat] | None = None, read: Callable[[str], bytes] | None = None) -> dict[str, str]:
+    """The files under ``root`` that cannot be read (path -> why), checked in parallel processes: the header,
+    the size limit, then a decode (at reduced scale for JPEG, which still reads the whole file). With an ``index``
+    and each file's ``stats`` (from the walk), a file the index holds a verdict on for the same size and
+    modification time is not opened again, and the new verdicts are added to it. ``read``: a file's bytes by its
+    path, where they are not in the file itself (a packed folder)."""
+    verdicts = {path: index.get(path, stats[path]) for path in paths} if index is not None else {}
+    unknown = [path for path in paths if verdicts.get(path) is None]
+    for path, (verdict, decoded) in zip(unknown, _inspected(root, unknown, max_pixels, read)):
+        verdicts[path] = verdict
+        if index is not None and decoded:
+            index.add(path, stats[path], verdict)
+    problems = {path: _size_problem(v.width, v.height, max_pixels) or v.problem for path, v in verdicts.items()}
+    return {path: problem for path, problem in problems.items() if problem}
 
 
-def in_threads(work: Callable[[T], R], items: list[T], threads: int, what: str) -> list[R]:
-    """``work(item)`` for every item, in parallel threads (PIL releases the GIL as it decodes), in order, with a
-    progress bar on large lists (``what`` names it). A stop or an error ends it promptly: what has not started is
-    cancelled, not waited for."""
-    bar = tqdm(total=len(items), desc=what, unit="img", leave=False,
-               disable=len(items) < PROGRESS_FROM or not sys.stderr.isatty())
-    pool, results = ThreadPoolExecutor(threads), []
+def _inspected(root: Path, paths: list[str], max_pixels: int | None, read: Callable[[str], bytes] | None
+               ) -> list[tuple[Verdict, bool]]:
+    """Each file's verdict, in chunks, in a pool of forked processes (opening an image is mostly Python, which
+    threads would run one at a time), with a progress bar on large lists. The pool leaves stop signals to this
+    process: a stop or an error here cancels what has not started, and waits only for the chunks under way."""
+    chunks = [paths[start:start + CHUNK] for start in range(0, len(paths), CHUNK)]
+    if not chunks:
+        return []
+    bar = tqdm(total=len(paths), desc="checking images", unit="img", leave=False,
+               disable=len(paths) < PROGRESS_FROM or not sys.stderr.isatty())
+    # Forked, so what the initializer is given is inherited (a packed folder's table), not sent with every chunk.
+    pool = ProcessPoolExecutor(min(len(chunks), os.cpu_count() or 1), multiprocessing.get_context("fork"),
+                               initializer=_start_checking, initargs=(root, max_pixels, read))
+    results: list[tuple[Verdict, bool]] = []
     try:
         with bar:
-            for result in pool.map(work, items):
-                results.append(result)
-                bar.update()
+            for done in pool.map(_inspect_all, chunks):
+                results += done
+                bar.update(len(done))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 
-def _problem(path: Path, max_pixels: int | None) -> str | None:
+_CHECKING: dict = {}  # in a checking process: what its initializer was given
+
+
+def _start_checking(root: Path, max_pixels: int | None, read: Callable[[str], bytes] | None) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+    _CHECKING.update(root=root, max_pixels=max_pixels, read=read)
+
+
+def _inspect_all(paths: list[str]) -> list[tuple[Verdict, bool]]:
+    root, max_pixels, read = _CHECKING["root"], _CHECKING["max_pixels"], _CHECKING["read"]
+    return [_inspect(root / path, max_pixels, None if read is None else io.BytesIO(read(path))) for path in paths]
+
+
+def _inspect(path: Path, max_pixels: int | None, source: BinaryIO | None = None) -> tuple[Verdict, bool]:
+    """``path``'s verdict, and whether its pixels were decoded for it (not when it is over the size limit, which its
+    header tells: the decode is then left out, so the verdict holds for this limit only)."""
+    width = height = 0
     try:
-        with Image.open(path) as img:
-            too_large = _too_large(img, max_pixels)
-            if too_large:
-                return too_large
-            img.draft("RGB", (img.size[0] // 8, img.size[1] // 8))
+        with Image.open(path if source is None else source) as img:
+            width, height = img.size
+            if _size_problem(width, height, max_pixels):
+                return Verdict(width, height, None), False
+            img.draft("RGB", (width // 8, height // 8))
             img.load()
     except Exception as e:  # noqa: BLE001 - every way a file can fail to decode is a bad image
-        return f"{type(e).__name__}: {e}"
-    return None
+        return Verdict(width, height, f"{type(e).__name__}: {e}"), True
+    return Verdict(width, height, None), True
 
 
 def image_files(items: list[str | Path], what: str) -> list[Path]:

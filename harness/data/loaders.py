@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from harness.config.schema import Config, DataConfig
 from harness.data.cache import ImageCache, check_memory, image_cache
-from harness.data.images import load_image
+from harness.data.files import files_at
 from harness.data.splits import DataSplits, Samples
 from harness.data.transforms import SampleTransform, build_transform
 from harness.data.workers import init_worker, loader_workers
@@ -72,7 +72,7 @@ class ImageListDataset(Dataset):
     def resized(self, index: int) -> Image.Image:
         if self.cache is not None:
             return self.cache.image(index)
-        return self.transform.resize(load_image(self.root / self.samples[index][0], self.max_pixels))
+        return self.transform.resize(files_at(self.root).load(self.samples[index][0], self.max_pixels))
 
     def __getitem__(self, item: int | tuple[int, int]):
         epoch, index = item if isinstance(item, tuple) else (0, item)

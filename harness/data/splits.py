@@ -12,14 +12,19 @@ import csv
 import logging
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from harness.config.schema import DataConfig
+from harness.data.files import files_at
 from harness.data.images import Found, bad_images, find_images
+from harness.data.index import load_index, read_index
+from harness.data.packed import INDEX, is_packed
 from harness.errors import DataError
 from harness.storage.atomic import atomic_path, write_atomic
+from harness.storage.cachedir import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -104,30 +109,28 @@ def discover_splits(cfg: DataConfig, root: Path, exclude: Path | None = None) ->
     train pool (root/train, or root itself when it has no train/ folder), stratified by class. With
     ``data.folds``, train and val are fold ``data.fold`` of k stratified folds of every non-test image instead.
     Every image is checked first (``data.on_bad_image``); what cannot be trained is refused, what is odd is noted.
-    ``exclude`` (the folder of the runs) and run directories are never read as data."""
+    ``exclude`` (the folder of the runs) and run directories are never read as data. A packed folder gives the
+    listing its source gave when it was packed."""
     if not root.is_dir():
         raise DataError(f"data.root: {root} is not a folder")
-    present = [s for s in SPLITS if (root / s).is_dir()]
-    if present and "train" not in present:
-        raise DataError(f"{root}: has {'/, '.join(present)}/ but no train/ folder")
+    listing, found = packed_listing(root) if is_packed(root) else list_images(root, exclude)
+    present = listing["present"]
     pool_dir = root / "train" if present else root
-    found = Found(excluded={os.path.realpath(exclude)} if exclude else set())
-    classes, pool = find_images(pool_dir, root, found)
+    classes = listing["classes"]["train"]
     if len(classes) < 2:
         raise DataError(f"{pool_dir}: {len(classes)} class folder(s) {classes}: classification needs at least two")
     unlisted = [name for name in classes if name != name.strip() or "\n" in name or "\r" in name]
     if unlisted:  # classes.txt holds one name per line
         raise DataError(f"{pool_dir}: class folder names {unlisted} begin or end with spaces or hold line breaks: rename them")
-    named = {"train": pool}
+    named = {group: [tuple(file) for file in files] for group, files in listing["files"].items()}
     for split in ("val", "test"):
-        if split in present:
-            split_classes, named[split] = find_images(root / split, root, found)
-            if split_classes != classes:
-                missing, extra = sorted(set(classes) - set(split_classes)), sorted(set(split_classes) - set(classes))
-                raise DataError(f"{root / split}: classes differ from {pool_dir}: missing {missing}, extra {extra}")
+        if split in present and listing["classes"][split] != classes:
+            split_classes = listing["classes"][split]
+            missing, extra = sorted(set(classes) - set(split_classes)), sorted(set(split_classes) - set(classes))
+            raise DataError(f"{root / split}: classes differ from {pool_dir}: missing {missing}, extra {extra}")
     _check_names(root, classes, [file for files in named.values() for file in files])
     index = {name: i for i, name in enumerate(classes)}
-    skipped = _leave_out_bad_images(cfg, root, named)
+    skipped = _leave_out_bad_images(cfg, root, named, found)
     splits = {split: [(path, index[label]) for label, path in files] for split, files in named.items()}
     if cfg.folds:  # every image that is not test (root/val included) goes into the folds
         splits["train"] += splits.pop("val", [])
@@ -141,6 +144,27 @@ def discover_splits(cfg: DataConfig, root: Path, exclude: Path | None = None) ->
     data = DataSplits(root, classes, {s: splits[s] for s in SPLITS if splits.get(s)}, skipped, _found_notes(found))
     _check_classes(data, root)
     return data
+
+
+def list_images(root: Path, exclude: Path | None = None) -> tuple[dict, Found]:
+    """The walk of a data root: the split folders present, and for the train pool (root/train, or root) and each of
+    val/ and test/ its class folders and (class, path) files; with what the walk found (skips, each file's stat)."""
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if present and "train" not in present:
+        raise DataError(f"{root}: has {'/, '.join(present)}/ but no train/ folder")
+    found = Found(excluded={os.path.realpath(exclude)} if exclude else set())
+    listing: dict = {"present": present, "classes": {}, "files": {}}
+    for group, folder in [("train", root / "train" if present else root),
+                          *((split, root / split) for split in ("val", "test") if split in present)]:
+        listing["classes"][group], listing["files"][group] = find_images(folder, root, found)
+    return listing, found
+
+
+def packed_listing(root: Path) -> tuple[dict, Found]:
+    """The listing a packed folder's source gave, with what its walk found."""
+    files = files_at(root)
+    listing = files.pack.listing
+    return listing, Found(skipped=Counter(listing["skipped"]), outside=listing["outside"], stats=files.pack.stats())
 
 
 def _check_names(folder: Path, classes: list[str], files: list[tuple[str, str]]) -> None:
@@ -157,10 +181,16 @@ def _check_names(folder: Path, classes: list[str], files: list[tuple[str, str]])
                         "(e.g. with convmv)")
 
 
-def _leave_out_bad_images(cfg: DataConfig, root: Path, named: dict[str, list]) -> dict[str, str]:
-    """Check every image once; stop naming every bad one, or leave them out (data.on_bad_image)."""
+def _leave_out_bad_images(cfg: DataConfig, root: Path, named: dict[str, list], found: Found) -> dict[str, str]:
+    """Check every image once (what the root's index knew is not checked again); stop naming every bad one, or
+    leave them out (data.on_bad_image)."""
     paths = [path for files in named.values() for _, path in files]
-    problems = bad_images(root, paths, cfg.max_image_pixels)
+    files = files_at(root)
+    index = load_index(cache_root(cfg.cache_dir), root) if files.reader() is None else read_index(root / INDEX)
+    try:
+        problems = bad_images(root, paths, cfg.max_image_pixels, index, found.stats, files.reader())
+    finally:  # what was checked before a stop or an error is kept too
+        index.save()
     if problems and cfg.on_bad_image == "error":
         listed = "; ".join(f"{path} ({why})" for path, why in sorted(problems.items()))
         raise DataError(f"{root}: {len(problems)} image(s) cannot be used: {listed}. Fix or remove them, or set "

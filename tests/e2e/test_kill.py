@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.checkpointing.folders import read_pointer, verify
-from tests.helpers import DIGITS, FAST, PYTHON, REPO, assert_same_weights, run_train, summary
+from harness.data.builtin import builtin_root
+from tests.helpers import DIGITS, FAST, PYTHON, REPO, assert_same_weights, launch, run_train, summary
 
 # 79 updates per epoch, a step checkpoint every 10, two kept; no workers, so SIGKILL leaves no orphans.
 SETTINGS = [*FAST, "train.epochs=3", "train.batch_size=16", "data.num_workers=0", "checkpoint.every_n_steps=10",
@@ -89,4 +90,23 @@ def test_kill_9_then_rerun_gives_the_reference_weights(reference, env, tmp_path,
         assert "left by a save that did not finish" in result.stdout
     assert_same_weights(reference / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
     assert_same_weights(reference / "weights" / "best.safetensors", run / "weights" / "best.safetensors")
+    assert (run / "predictions" / "test.csv").read_text() == (reference / "predictions" / "test.csv").read_text()
+
+
+@pytest.mark.slow
+def test_kill_9_on_packed_data_then_rerun_gives_the_folders_reference_weights(reference, env, tmp_path):
+    """The digits packed (``harness/pack.py``) train as the folder does, through a kill -9 in the middle of an
+    epoch and the same command again: the folder's reference weights and predictions, bit for bit."""
+    packed = tmp_path / "digits-packed"
+    launch("pack.py", [builtin_root("digits", env["HARNESS_CACHE_DIR"]), packed, "--shard-mb", "1"], env,
+           launcher=PYTHON)
+    trace, run = tmp_path / "trace", tmp_path / "killed"
+    command = ["--config", str(DIGITS), "--output-dir", str(tmp_path), "--run-name", "killed", *SETTINGS,
+               "data.builtin=null", f"data.root={packed}"]
+    killed = kill_when([*PYTHON, str(REPO / "harness" / "train.py"), *command], {**env, "HARNESS_TRACE_BATCHES": str(trace)},
+                       run, trace_reached(trace, 0, 45), 0.005)
+    assert killed and read_pointer(run / "checkpoints" / "latest") is not None
+    run_train(command, env, launcher=PYTHON)
+    assert summary(run)["status"] == "completed"
+    assert_same_weights(reference / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
     assert (run / "predictions" / "test.csv").read_text() == (reference / "predictions" / "test.csv").read_text()

@@ -10,15 +10,8 @@ import pytest
 from PIL import Image
 
 from harness.data.builtin import builtin_root
-from tests.helpers import (DIGITS, FAST, PYTHON, REPO, assert_same_weights, launch, make_image_folder, pointer, rows,
-                           run_train, summary)
-
-
-def one_line_error(result) -> str:
-    """The single stderr line of a refused command, without its 'error: ' prefix."""
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    return lines[0][len("error: "):]
+from tests.helpers import (DIGITS, FAST, PYTHON, REPO, assert_same_weights, launch, make_image_folder,
+                           one_line_error, pointer, rows, run_train, summary)
 
 
 @pytest.fixture(scope="module")
