@@ -49,7 +49,7 @@ class MixupConfig(Section):
 class DataConfig(Section):
     builtin: Optional[Literal["digits"]] = None  # a data set that ships with a dependency
     root: Optional[str] = None  # an ImageFolder tree: root/{train,val,test}/<class>/*, or root/<class>/*
-    cache_dir: Optional[str] = None  # built-in data and data.cache: disk live here; default ~/.cache/harness
+    cache_dir: Optional[str] = None  # built-in data, the image index and data.cache: disk live here; default ~/.cache/harness
     # Shares of the train pool held out where root/val, root/test are absent (null: 0.1); see ``settle``.
     val_fraction: Optional[float] = rule(None, FRACTION)
     test_fraction: Optional[float] = rule(None, FRACTION)
@@ -167,6 +167,10 @@ class TrainConfig(Section):
     skip_nonfinite_steps: int = rule(0, at_least(0))  # updates with a NaN/inf loss to skip before the run fails
     ema: Optional[EmaConfig] = None  # an exponential moving average of the weights, evaluated beside them
     early_stopping: Optional[EarlyStoppingConfig] = None  # end the run when checkpoint.monitor stops improving
+    # the splits the best weights are evaluated on at the end; null: val and test, and train while it holds at most
+    # 100,000 images (a full pass over a large train split costs a third of an epoch, for a figure seldom read)
+    final_eval_splits: Optional[List[Literal["train", "val", "test"]]] = rule(None, Rule(
+        lambda splits: 0 < len(splits) == len(set(splits)), "name each split once, and at least one"))
 
     def check_engine(self, zero_stage: int | None) -> None:
         """What the launch adds to the rules (``zero_stage``: DeepSpeed's, None without it). DeepSpeed's engine

@@ -1,4 +1,5 @@
-"""The end of a run: the best weights evaluated on every split, with reports, predictions, curves and figures.
+"""The end of a run: the best weights evaluated on the final splits (``train.final_eval_splits``), with reports,
+predictions, curves and figures.
 
 "The best weights" are the best epoch's chosen ones (``harness.evaluation.selection.chosen_weights``): the model's
 own, or other weights a feature keeps (the weight average of ``train.ema``) when those validated better.
@@ -23,6 +24,8 @@ from harness.training.parts import Parts
 from harness.training.probes import pause_at
 
 logger = logging.getLogger(__name__)
+
+FULL_TRAIN_PASS_UP_TO = 100_000  # train images: the final evaluation covers the train split by default up to this
 
 
 def weights_of(parts: Parts, record: dict):
@@ -51,7 +54,8 @@ def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[s
         write_weights(parts.accelerator, parts.model, parts.rundir, "best", weights_meta(parts, best))
         logger.info(f"evaluating the best weights (epoch {state.best_epoch}, {state.best_checkpoint}"
                     + ("" if weights == OWN else f", the {weights} weights") + ")")
-        for split, loader in parts.eval_loaders.items():
+        for split in final_splits(parts.cfg.train.final_eval_splits, parts.splits.splits):
+            loader = parts.eval_loaders[split]
             reuse = split == "val" and last_val and last_val[0] == state.best_epoch == state.epoch
             preds = last_val[1][weights] if reuse else evaluate(parts.accelerator, parts.model, loader, inputs)
             release_workers(loader)
@@ -66,6 +70,14 @@ def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[s
                               parts.cfg.model.freeze_backbone_epochs)
         save_png(curves_figure(state.history, rates, updates, state.best_epoch), parts.rundir.reports / "curves.png")
     return results
+
+
+def final_splits(named: list[str] | None, splits: dict[str, list]) -> list[str]:
+    """The splits of the run the final evaluation covers, in their order: ``train.final_eval_splits``, or by default
+    all but a train split of more than ``FULL_TRAIN_PASS_UP_TO`` images."""
+    if named is None:
+        named = [split for split in splits if split != "train" or len(splits[split]) <= FULL_TRAIN_PASS_UP_TO]
+    return [split for split in splits if split in named]
 
 
 def _write_split(parts: Parts, split: str, preds: Predictions) -> None:

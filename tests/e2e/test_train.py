@@ -119,6 +119,19 @@ def test_overrides_change_the_run_name_and_saved_config(env, tmp_path):
     assert (run / "weights" / "last.safetensors").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
+def test_the_final_evaluation_covers_the_splits_named(env, tmp_path):
+    run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "named", "train.epochs=1", *FAST,
+               "train.final_eval_splits=[test]"], env)
+    run = tmp_path / "named"
+    s = summary(run)
+    assert s["status"] == "completed" and 0 <= s["test_acc"] <= 1 and "train_acc" not in s and "val_acc" not in s
+    assert sorted(path.name for path in (run / "predictions").iterdir()) == ["test.csv"]
+    assert len(rows(run / "predictions" / "test.csv")) == s["images"]["test"]
+    assert [path.name for path in (run / "reports").glob("classification_report_*")] == [
+        "classification_report_test.txt"]
+
+
 @pytest.mark.parametrize("launcher, code", [(PYTHON, 2), (CPU_LAUNCH, 1)], ids=["python", "accelerate launch -q"])
 def test_typo_fails_with_a_suggestion_and_no_run_dir(env, tmp_path, launcher, code):
     """One line and a failing exit code, also under the README's launcher (which turns the 2 into 1, and adds

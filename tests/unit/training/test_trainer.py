@@ -16,6 +16,7 @@ from harness.runtime.accelerator import build_accelerator
 from harness.runtime.signals import TrainingInterrupted
 from harness.storage.rundir import RunDir
 from harness.training.command import execute
+from harness.training.final_evaluation import FULL_TRAIN_PASS_UP_TO, final_splits
 from harness.training.parts import build_parts
 from harness.training.plan import RunPlan
 from harness.training.trainer import Trainer
@@ -137,3 +138,13 @@ def test_the_run_sets_the_status_and_the_summary_follows_the_state(config, tmp_p
     with pytest.raises(TrainingDiverged):
         execute(failed.parts)
     assert summary(failed)["status"] == "failed" and "non-finite loss" in summary(failed)["error"]
+
+
+def test_the_final_splits_leave_out_a_large_train_split_unless_named():
+    small, large = FULL_TRAIN_PASS_UP_TO, FULL_TRAIN_PASS_UP_TO + 1
+    splits = {"train": [("x", 0)] * small, "val": [("x", 0)], "test": [("x", 0)]}
+    assert final_splits(None, splits) == ["train", "val", "test"]
+    splits["train"] = [("x", 0)] * large
+    assert final_splits(None, splits) == ["val", "test"]
+    assert final_splits(["test", "train"], splits) == ["train", "test"]  # in the run's order
+    assert final_splits(["val", "test"], {"train": [], "val": []}) == ["val"]  # a split the run lacks is left out
