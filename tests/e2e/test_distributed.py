@@ -243,21 +243,25 @@ def test_the_train_metrics_count_every_image_once_when_the_processes_batches_do_
 
 @pytest.mark.slow
 def test_an_error_one_process_meets_is_said_by_it_with_its_rank_and_the_others_end_too(setup, env, tmp_path):
-    """A file that broke after the data was checked, read by process 1 only: it says so (with its rank), and
-    process 0, waiting for it in a collective, ends at once instead of hanging, the run marked failed."""
+    """A file that broke after the data was checked, read by process 1 only, in the middle of an epoch: it says so
+    (with its rank), and process 0, waiting for it in a collective, ends at once instead of hanging, the run marked
+    failed."""
     config = uneven_config(tmp_path, setup)
-    command = ["--config", config, "train.epochs=2", "train.batch_size=32", "--output-dir", tmp_path / "runs",
+    command = ["--config", config, "train.epochs=2", "train.batch_size=16", "--output-dir", tmp_path / "runs",
                "--run-name", "broken"]
     run_train([*command, "--stop-after-epochs", "1"], env, launcher=DDP)
     run = tmp_path / "runs" / "broken"
     train = rows(run / "splits" / "train.csv")
     order = EpochSampler(len(train), seed=42)
-    order.set_epoch(1)  # the second epoch, whose first global batch of 32 is process 0's, the next process 1's
-    (epoch, first_of_process_1), *_ = list(order)[32:]
+    # The second epoch's batches of 16 go to process 0, 1, 0, 1, ...: the sixth is process 1's third, which its
+    # loader (reading one batch ahead) reads only after the first update, done together: process 0 is in the loop
+    # then, and meets the loss in a collective rather than the launcher's stop before it has started.
+    order.set_epoch(1)
+    (epoch, first_of_process_1), *_ = list(order)[80:]
     broken = Path(yaml.safe_load(config.read_text())["data"]["root"]) / train[first_of_process_1]["path"]
     broken.write_bytes(broken.read_bytes()[:20])
     resumed = run_train(command, env, launcher=DDP, check=False, timeout=300)
     assert resumed.returncode != 0
     assert f"error (process 1): {broken}: cannot read image" in resumed.stderr, resumed.stderr[-3000:]
-    assert "error: another process of the run ended (its error is above)" in resumed.stderr
+    assert "error: another process of the run ended (its error is above)" in resumed.stderr, resumed.stderr[-3000:]
     assert summary(run)["status"] == "failed" and summary(run)["epoch"] == 1
