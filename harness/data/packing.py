@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.config.schema import DataConfig
 from harness.data.images import bad_images
 from harness.data.index import ImageIndex
-from harness.data.packed import INDEX, MANIFEST, is_packed, write_pack
+from harness.data.packed import INDEX, is_packed, write_pack
 from harness.data.splits import list_images
 from harness.errors import DataError
 from harness.runtime.logs import setup_logging
@@ -58,5 +58,3 @@ def _refuse_what_cannot_be_packed(source: Path, out: Path, force: bool) -> None:
         what = "an earlier pack: add --force to replace it" if is_packed(out) else \
             "not a packed folder, which is never replaced: choose a new folder"
         raise DataError(f"{out}: exists, {what}")
-    if out.exists() and not (out / MANIFEST).is_file():
-        raise DataError(f"{out}: not a packed folder, which is never replaced: choose a new folder")
