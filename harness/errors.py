@@ -13,6 +13,10 @@ class DataError(UserError):
     """The data folder or an image in it is wrong."""
 
 
+class UnreadableImage(DataError):
+    """An image file cannot be read (its header, its pixels, or its size against ``data.max_image_pixels``)."""
+
+
 class CheckpointError(UserError):
     """A run directory, checkpoint or weights file is missing or unusable."""
 

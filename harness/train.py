@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n".join(available_models(args.list_models)))
         return 0
+    from harness.training.plan import splits_early
+
+    splits_early(args)  # the run's data is found or read on another core while the command imports torch
     return run_command("harness.training.command:train", args)
 
 

@@ -2,7 +2,8 @@
 
 ``digits`` is scikit-learn's handwritten-digits set (1,797 grayscale 8x8 images of 0-9), written as
 32x32 PNGs under ``<cache>/digits-v1/{train,val,test}/<digit>/`` with a fixed stratified 70/15/15
-split, so it is read through exactly the same ImageFolder path as a user's own data.
+split, so it is read through exactly the same ImageFolder path as a user's own data. ``data_root`` gives the folder a
+data config names, built-in or the user's.
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from harness.config.schema import DataConfig
 from harness.data.splits import stratified_split
 from harness.storage.cachedir import cache_root
 
 DIGITS_VERSION = "digits-v1"
 DIGITS_SIZE = 32
 COMPLETE_MARKER = ".complete"
+
+
+def data_root(cfg: DataConfig) -> Path:
+    """The image folder a data config names: a built-in set (materialised on first use) or ``data.root``."""
+    return builtin_root(cfg.builtin, cfg.cache_dir) if cfg.builtin else Path(cfg.root).expanduser()
 
 
 def builtin_root(name: str, cache_dir: str | None) -> Path:

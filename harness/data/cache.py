@@ -36,7 +36,7 @@ import psutil
 from PIL import Image
 
 from harness.config.schema import DataConfig
-from harness.data.files import files_at
+from harness.data.files import files_at, fingerprint
 from harness.data.transforms import resizer
 from harness.errors import DataError
 from harness.storage.cachedir import cache_root
@@ -91,13 +91,14 @@ class ImageCache:
         return Image.fromarray(pixels, "RGB")
 
 
-def image_cache(mode: str, root: Path, samples: list[tuple[str, int]], cfg: DataConfig) -> ImageCache | None:
+def image_cache(mode: str, root: Path, samples: list[tuple[str, int]], cfg: DataConfig,
+                files: str | None = None) -> ImageCache | None:
     """The cache ``mode`` (``data.cache``) asks for over ``samples`` under ``root``: the images the transforms'
-    resize makes. None for ``none``."""
+    resize makes. None for ``none``. ``files``: the samples' ``fingerprint``, where it is known already."""
     if mode == "none" or not samples:
         return None
     folder = memory_folder() if mode == "memory" else cache_folder(cfg)
-    path = folder / f"{cache_key(root, samples, cfg)}.cache"
+    path = folder / f"{cache_key(cfg, files or fingerprint(root, samples))}.cache"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with _locked(path):
@@ -129,13 +130,10 @@ def check_memory(samples: int, cfg: DataConfig) -> None:
                         "GB free): use data.cache: disk, or a smaller data.image_size")
 
 
-def cache_key(root: Path, samples: list[tuple[str, int]], cfg: DataConfig) -> str:
-    digest = hashlib.sha256(json.dumps([CACHE_VERSION, cfg.image_size, cfg.max_image_pixels]).encode())
-    files = files_at(Path(root))
-    for path, _ in samples:  # strings, not Paths: a million files
-        stat = files.stat(path)
-        digest.update(f"\0{os.path.join(root, path)}\0{stat.size}\0{stat.mtime_ns}".encode())
-    return digest.hexdigest()[:32]
+def cache_key(cfg: DataConfig, files: str) -> str:
+    """The name of the cache of the files whose ``fingerprint`` is ``files``, resized as ``cfg`` asks."""
+    return hashlib.sha256(json.dumps([CACHE_VERSION, cfg.image_size, cfg.max_image_pixels, files]).encode()
+                          ).hexdigest()[:32]
 
 
 def cache_folder(cfg: DataConfig) -> Path:

@@ -3,6 +3,7 @@ shards (``harness.data.packed``). What the loaders, the image caches and the che
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from functools import lru_cache
@@ -60,6 +61,15 @@ class FileBytes(io.BytesIO):
 
     def __repr__(self) -> str:
         return repr(str(self.path))
+
+
+def fingerprint(root: Path, samples: list[tuple[str, int]], stats: dict[str, Stat] | None = None) -> str:
+    """What identifies the content of ``samples``' files under ``root``: a digest of each one's path, byte size and
+    modification time. ``stats``: the files' stats where a walk just took them; the others are asked for."""
+    files, stats, folder = files_at(Path(root)), stats or {}, os.path.join(root, "")
+    known = (stats.get(path) or files.stat(path) for path, _ in samples)  # strings, not Paths: a million files
+    listed = "".join(f"\0{folder}{path}\0{size}\0{mtime_ns}" for (path, _), (size, mtime_ns) in zip(samples, known))
+    return hashlib.sha256(listed.encode()).hexdigest()
 
 
 @lru_cache(maxsize=None)

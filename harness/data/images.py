@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
-import signal
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -23,18 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+import imagesize
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from harness.data.index import ImageIndex, Stat, Verdict
-from harness.errors import DataError
+from harness.errors import DataError, UnreadableImage
+from harness.runtime.children import leave_stops_to
 from harness.storage.rundir import is_run_directory
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 Image.MAX_IMAGE_PIXELS = None  # the harness applies its own limit, data.max_image_pixels, with a clear message
 PROGRESS_FROM = 2000  # images: a progress bar for the check from this many on
-CHUNK = 64  # images a process of the check takes at a time
+CHUNK = 256  # images a process of the check takes at a time
 
 
 @dataclass
@@ -88,24 +89,27 @@ def _enter(folder: Path, real_root: Path, found: Found) -> bool:
 def _walk(folder: Path, label: str, roots: tuple[Path, Path], found: Found, files: list) -> None:
     root, real_root = roots
     prefix = f"{folder.relative_to(root)}{os.sep}"  # paths as strings: a Path per file costs more than the listing
+    taken, stats = found.taken, found.stats
     for entry in _entries(folder):
-        if entry.name.startswith("."):
+        name = entry.name
+        if name[0] == ".":
             found.skipped["hidden file(s) or folder(s)"] += 1
         elif entry.is_dir():
             if _enter(Path(entry.path), real_root, found):
                 _walk(Path(entry.path), label, roots, found, files)
         elif not entry.is_file():  # never opened: reading a pipe would wait forever
             found.skipped["broken link(s)" if entry.is_symlink() else "special file(s) (pipes, sockets, devices)"] += 1
-        elif os.path.splitext(entry.name)[1].lower() in IMG_EXTENSIONS:
+        elif name[name.rfind("."):].lower() in IMG_EXTENSIONS:
             stat = entry.stat()  # the file itself, through any link: one call, where a real path costs many
-            if (stat.st_dev, stat.st_ino) in found.taken:
+            identity = (stat.st_dev, stat.st_ino)
+            if identity in taken:
                 found.skipped["second path(s) to an image already taken"] += 1
                 continue
-            found.taken.add((stat.st_dev, stat.st_ino))
+            taken.add(identity)
             if entry.is_symlink() and not Path(os.path.realpath(entry.path)).is_relative_to(real_root):
                 found.outside += 1
-            relative = prefix + entry.name
-            found.stats[relative] = Stat(stat.st_size, stat.st_mtime_ns)
+            relative = prefix + name
+            stats[relative] = Stat(stat.st_size, stat.st_mtime_ns)
             files.append((label, relative))
 
 
@@ -114,18 +118,18 @@ def _walk(folder: Path, label: str, roots: tuple[Path, Path], found: Found, file
 
 
 def load_image(path: Path, max_pixels: int | None = None, source: BinaryIO | None = None) -> Image.Image:
-    """Any PIL-readable image as 8-bit RGB; a DataError naming the file if it cannot be. ``source``: the file's
-    bytes, read from elsewhere (a packed folder's shard)."""
+    """Any PIL-readable image as 8-bit RGB; an UnreadableImage naming the file if it cannot be. ``source``: the
+    file's bytes, read from elsewhere (a packed folder's shard)."""
     try:
         with Image.open(path if source is None else source) as img:
             too_large = _size_problem(*img.size, max_pixels)
             if too_large:
-                raise DataError(f"{path}: {too_large}")
+                raise UnreadableImage(f"{path}: {too_large}")
             return to_rgb(img)
-    except DataError:
+    except UnreadableImage:
         raise
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, struct.error... for broken files
-        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+        raise UnreadableImage(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
 def _size_problem(width: int, height: int, max_pixels: int | None) -> str | None:
@@ -153,24 +157,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def bad_images(root: Path, paths: list[str], max_pixels: int | None, index: ImageIndex | None = None,
-               stats: dict[str, Stat] | None = None, read: Callable[[str], bytes] | None = None) -> dict[str, str]:
+               stats: dict[str, Stat] | None = None, read: Callable[[str], bytes] | None = None,
+               decode: bool = True) -> dict[str, str]:
     """The files under ``root`` that cannot be read (path -> why), checked in parallel processes: the header,
-    the size limit, then a decode (at reduced scale for JPEG, which still reads the whole file). With an ``index``
-    and each file's ``stats`` (from the walk), a file the index holds a verdict on for the same size and
-    modification time is not opened again, and the new verdicts are added to it. ``read``: a file's bytes by its
-    path, where they are not in the file itself (a packed folder)."""
+    the size limit, then (``decode``) the pixels (at reduced scale for JPEG, which still reads the whole file). With
+    an ``index`` and each file's ``stats`` (from the walk), a file the index holds a verdict on for the same size and
+    modification time, made by as thorough a check, is not opened again, and the new verdicts are added to it.
+    ``read``: a file's bytes by its path, where they are not in the file itself (a packed folder)."""
     verdicts = {path: index.get(path, stats[path]) for path in paths} if index is not None else {}
-    unknown = [path for path in paths if verdicts.get(path) is None]
-    for path, (verdict, decoded) in zip(unknown, _inspected(root, unknown, max_pixels, read)):
+    unknown = [path for path in paths if verdicts.get(path) is None or not verdicts[path].holds(decode)]
+    for path, verdict in zip(unknown, _inspected(root, unknown, max_pixels, read, decode)):
         verdicts[path] = verdict
-        if index is not None and decoded:
+        if index is not None:
             index.add(path, stats[path], verdict)
     problems = {path: _size_problem(v.width, v.height, max_pixels) or v.problem for path, v in verdicts.items()}
     return {path: problem for path, problem in problems.items() if problem}
 
 
-def _inspected(root: Path, paths: list[str], max_pixels: int | None, read: Callable[[str], bytes] | None
-               ) -> list[tuple[Verdict, bool]]:
+def _inspected(root: Path, paths: list[str], max_pixels: int | None, read: Callable[[str], bytes] | None,
+               decode: bool) -> list[Verdict]:
     """Each file's verdict, in chunks, in a pool of forked processes (opening an image is mostly Python, which
     threads would run one at a time), with a progress bar on large lists. The pool leaves stop signals to this
     process: a stop or an error here cancels what has not started, and waits only for the chunks under way."""
@@ -181,12 +186,12 @@ def _inspected(root: Path, paths: list[str], max_pixels: int | None, read: Calla
                disable=len(paths) < PROGRESS_FROM or not sys.stderr.isatty())
     # Forked, so what the initializer is given is inherited (a packed folder's table), not sent with every chunk.
     pool = ProcessPoolExecutor(min(len(chunks), os.cpu_count() or 1), multiprocessing.get_context("fork"),
-                               initializer=_start_checking, initargs=(root, max_pixels, read))
-    results: list[tuple[Verdict, bool]] = []
+                               initializer=_start_checking, initargs=(os.getpid(), root, max_pixels, read, decode))
+    results: list[Verdict] = []
     try:
         with bar:
             for done in pool.map(_inspect_all, chunks):
-                results += done
+                results += (Verdict(*verdict) for verdict in done)
                 bar.update(len(done))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -196,31 +201,42 @@ def _inspected(root: Path, paths: list[str], max_pixels: int | None, read: Calla
 _CHECKING: dict = {}  # in a checking process: what its initializer was given
 
 
-def _start_checking(root: Path, max_pixels: int | None, read: Callable[[str], bytes] | None) -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, signal.SIG_IGN)
-    _CHECKING.update(root=root, max_pixels=max_pixels, read=read)
+def _start_checking(parent: int, root: Path, max_pixels: int | None, read: Callable[[str], bytes] | None,
+                    decode: bool) -> None:
+    leave_stops_to(parent)
+    _CHECKING.update(root=root, max_pixels=max_pixels, read=read, decode=decode)
 
 
-def _inspect_all(paths: list[str]) -> list[tuple[Verdict, bool]]:
-    root, max_pixels, read = _CHECKING["root"], _CHECKING["max_pixels"], _CHECKING["read"]
-    return [_inspect(root / path, max_pixels, None if read is None else io.BytesIO(read(path))) for path in paths]
+def _inspect_all(paths: list[str]) -> list[tuple]:
+    """The verdicts on ``paths``, as plain tuples: a named tuple is sent back with its class, each one."""
+    root, max_pixels, read, decode = (_CHECKING[key] for key in ("root", "max_pixels", "read", "decode"))
+    return [tuple(_inspect(os.path.join(root, path), max_pixels, decode,
+                           None if read is None else io.BytesIO(read(path))))
+            for path in paths]
 
 
-def _inspect(path: Path, max_pixels: int | None, source: BinaryIO | None = None) -> tuple[Verdict, bool]:
-    """``path``'s verdict, and whether its pixels were decoded for it (not when it is over the size limit, which its
-    header tells: the decode is then left out, so the verdict holds for this limit only)."""
+def _inspect(path: str, max_pixels: int | None, decode: bool, source: BinaryIO | None = None) -> Verdict:
+    """``path``'s verdict: from its header, and from its pixels when ``decode`` (not when it is over the size limit,
+    which its header tells: the decode is then left out, so the verdict holds for this limit only). The header
+    alone is read by ``imagesize`` (a few bytes, half of what PIL's open costs); what it cannot read, PIL opens,
+    and says why it cannot."""
+    if not decode:
+        width, height = imagesize.get(path if source is None else source, exif_rotation=False)
+        if width > 0 and height > 0:
+            return Verdict(width, height, None, False)
+        if source is not None:
+            source.seek(0)
     width = height = 0
     try:
         with Image.open(path if source is None else source) as img:
             width, height = img.size
-            if _size_problem(width, height, max_pixels):
-                return Verdict(width, height, None), False
+            if not decode or _size_problem(width, height, max_pixels):
+                return Verdict(width, height, None, False)
             img.draft("RGB", (width // 8, height // 8))
             img.load()
     except Exception as e:  # noqa: BLE001 - every way a file can fail to decode is a bad image
-        return Verdict(width, height, f"{type(e).__name__}: {e}"), True
-    return Verdict(width, height, None), True
+        return Verdict(width, height, f"{type(e).__name__}: {e}", decode)
+    return Verdict(width, height, None, True)
 
 
 def image_files(items: list[str | Path], what: str) -> list[Path]:

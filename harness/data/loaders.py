@@ -140,7 +140,7 @@ def training_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, dict[
     """The shuffled, augmented train loader, and one unshuffled, unaugmented loader per split; the loaders
     read every epoch (train, val) keep their workers. A split's image cache serves both its loaders."""
     check_memory(sum(len(samples) for samples in splits.splits.values()), cfg.data)
-    caches = {split: image_cache(cfg.data.cache, splits.root, samples, cfg.data)
+    caches = {split: image_cache(cfg.data.cache, splits.root, samples, cfg.data, splits.fingerprints.get(split))
               for split, samples in splits.splits.items()}
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
     eval_loaders = {split: eval_loader(cfg.data, splits.root, samples, batch_size, cfg.train.seed,

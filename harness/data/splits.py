@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.config.schema import DataConfig
-from harness.data.files import files_at
-from harness.data.images import Found, bad_images, find_images
-from harness.data.index import load_index, read_index
-from harness.data.packed import INDEX, is_packed
+from harness.data.check import leave_out_bad_images
+from harness.data.files import files_at, fingerprint
+from harness.data.images import Found, find_images
+from harness.data.index import Stat
+from harness.data.packed import is_packed
 from harness.errors import DataError
 from harness.storage.atomic import atomic_path, write_atomic
-from harness.storage.cachedir import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class DataSplits:
     splits: dict[str, Samples]  # split name -> (path relative to root, class index)
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable images left out (data.on_bad_image: skip)
     notes: list[str] = field(default_factory=list)  # what the log and the summary warn about the data
+    # Split name -> the fingerprint of its files as a new run's walk found them (the image caches' key); not saved.
+    fingerprints: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ def discover_splits(cfg: DataConfig, root: Path, exclude: Path | None = None) ->
     """root/{train,val,test}/<class>/* where present; a missing val or test split is carved out of the
     train pool (root/train, or root itself when it has no train/ folder), stratified by class. With
     ``data.folds``, train and val are fold ``data.fold`` of k stratified folds of every non-test image instead.
-    Every image is checked first (``data.on_bad_image``); what cannot be trained is refused, what is odd is noted.
+    Every image is checked first (``harness.data.check``); what cannot be trained is refused, what is odd is noted.
     ``exclude`` (the folder of the runs) and run directories are never read as data. A packed folder gives the
     listing its source gave when it was packed."""
     if not root.is_dir():
@@ -130,7 +132,7 @@ def discover_splits(cfg: DataConfig, root: Path, exclude: Path | None = None) ->
             raise DataError(f"{root / split}: classes differ from {pool_dir}: missing {missing}, extra {extra}")
     _check_names(root, classes, [file for files in named.values() for file in files])
     index = {name: i for i, name in enumerate(classes)}
-    skipped = _leave_out_bad_images(cfg, root, named, found)
+    skipped = leave_out_bad_images(cfg, root, named, found.stats)
     splits = {split: [(path, index[label]) for label, path in files] for split, files in named.items()}
     if cfg.folds:  # every image that is not test (root/val included) goes into the folds
         splits["train"] += splits.pop("val", [])
@@ -141,9 +143,23 @@ def discover_splits(cfg: DataConfig, root: Path, exclude: Path | None = None) ->
         carve = {s: cfg.fraction(s) for s in ("test", "val") if s not in present}
         if carve:
             splits.update(stratified_split(splits["train"], carve, seed=cfg.split_seed))
-    data = DataSplits(root, classes, {s: splits[s] for s in SPLITS if splits.get(s)}, skipped, _found_notes(found))
+    splits = {s: splits[s] for s in SPLITS if splits.get(s)}
+    data = DataSplits(root, classes, splits, skipped, _found_notes(found), _fingerprints(cfg, root, splits, found.stats))
     _check_classes(data, root)
     return data
+
+
+def read_splits(folder: Path, root: Path, cfg: DataConfig) -> DataSplits:
+    """The splits a run saved in ``folder``, read back (``DataSplits.load``), with their files' fingerprints."""
+    data = DataSplits.load(folder, root)
+    data.fingerprints = _fingerprints(cfg, root, data.splits)
+    return data
+
+
+def _fingerprints(cfg: DataConfig, root: Path, splits: dict[str, Samples], stats: dict[str, Stat] | None = None
+                  ) -> dict[str, str]:
+    """Each split's ``fingerprint``, where ``data.cache`` names its image caches by them."""
+    return {} if cfg.cache == "none" else {split: fingerprint(root, samples, stats) for split, samples in splits.items()}
 
 
 def list_images(root: Path, exclude: Path | None = None) -> tuple[dict, Found]:
@@ -179,28 +195,6 @@ def _check_names(folder: Path, classes: list[str], files: list[tuple[str, str]])
     if bad:
         raise DataError(f"{folder}: {len(bad)} folder or file name(s) are not UTF-8, e.g. {bad[:3]}: rename them "
                         "(e.g. with convmv)")
-
-
-def _leave_out_bad_images(cfg: DataConfig, root: Path, named: dict[str, list], found: Found) -> dict[str, str]:
-    """Check every image once (what the root's index knew is not checked again); stop naming every bad one, or
-    leave them out (data.on_bad_image)."""
-    paths = [path for files in named.values() for _, path in files]
-    files = files_at(root)
-    index = load_index(cache_root(cfg.cache_dir), root) if files.reader() is None else read_index(root / INDEX)
-    try:
-        problems = bad_images(root, paths, cfg.max_image_pixels, index, found.stats, files.reader())
-    finally:  # what was checked before a stop or an error is kept too
-        index.save()
-    if problems and cfg.on_bad_image == "error":
-        listed = "; ".join(f"{path} ({why})" for path, why in sorted(problems.items()))
-        raise DataError(f"{root}: {len(problems)} image(s) cannot be used: {listed}. Fix or remove them, or set "
-                        "data.on_bad_image=skip to leave them out")
-    if problems:
-        logger.warning(f"data: leaving out {len(problems)} image(s) that cannot be used (data.on_bad_image: skip); "
-                       "the list goes to splits/skipped_images.csv")
-        for files in named.values():
-            files[:] = [(label, path) for label, path in files if path not in problems]
-    return problems
 
 
 def _found_notes(found: Found) -> list[str]:

@@ -7,6 +7,8 @@ An epoch's record (``harness.training.meter.epoch_record``) holds the validation
 
 from __future__ import annotations
 
+from harness.config.schema import EarlyStoppingConfig
+
 OWN = "raw"  # the model's own weights, as records and weights files name them
 
 # checkpoint.monitor -> whether a higher value is better
@@ -54,3 +56,20 @@ def beats(record: dict, best: dict | None, monitor: str) -> bool:
     """Whether an epoch's row is better than ``best`` on ``monitor`` (see ``_better``; a tie keeps the earlier
     epoch), each by its chosen weights."""
     return best is None or _better(scores(record, monitor), scores(best, monitor), monitor)
+
+
+def stopped_early_at(history: list[dict], monitor: str, rule: EarlyStoppingConfig | None) -> int | None:
+    """The epoch (from 1) after which ``train.early_stopping`` ends a run with ``history``: the
+    ``patience``-th in a row whose ``monitor`` did not improve on the best so far by more than ``min_delta``."""
+    if rule is None:
+        return None
+    reference, waited = None, 0
+    for record in history:
+        value = scores(record, monitor)[monitor]
+        if reference is None or (value - reference if HIGHER_IS_BETTER[monitor] else reference - value) > rule.min_delta:
+            reference, waited = value, 0
+        else:
+            waited += 1
+            if waited >= rule.patience:
+                return record["epoch"]
+    return None

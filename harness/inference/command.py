@@ -16,7 +16,7 @@ from harness.config.schema import Config
 from harness.data.cache import image_cache
 from harness.data.images import bad_images, image_files
 from harness.data.loaders import eval_loader
-from harness.data.source import data_root
+from harness.data.builtin import data_root
 from harness.data.splits import DataSplits, Samples
 from harness.errors import CheckpointError, DataError
 from harness.evaluation.evaluate import evaluate

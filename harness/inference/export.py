@@ -22,7 +22,7 @@ import torch
 
 from harness.config.loading import load_config
 from harness.data.loaders import eval_loader
-from harness.data.source import data_root
+from harness.data.builtin import data_root
 from harness.data.splits import DataSplits
 from harness.data.workers import batches_of
 from harness.errors import CheckpointError, DataError, ExportMismatch, MissingDependency

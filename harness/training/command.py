@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from harness.errors import DataError, LaunchError, describe, one_line
+from harness.data import background
+from harness.data.check import refuse_bad_images
+from harness.errors import DataError, LaunchError, UnreadableImage, describe, one_line
 from harness.runtime.accelerator import build_accelerator
 from harness.runtime.collective import leave_together, lost_peer
 from harness.runtime.deepspeed import zero_stage
@@ -38,6 +40,7 @@ def train(args: argparse.Namespace) -> int:
         logger.warning(f"{interrupted} before training started: the run is as it was; the same command starts it")
         return interrupted.exit_code
     finally:
+        background.cancel()  # the splits found at the start, if they were not taken
         stop.uninstall()
 
 
@@ -62,10 +65,18 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
         lock.release()
 
 
-def _as_stopped(error: BaseException) -> BaseException:
+def _as_stopped(error: BaseException, parts: Parts) -> BaseException:
     """What ends the session, as the user should read it: a data error in the loop is this process's own (its
-    loader read the file: it says so, with its rank); a collective that failed because another process ended says
-    that, in one line, instead of gloo's message."""
+    loader read the file: it says so, with its rank), and an image that could not be read (``data.on_bad_image:
+    error``, which checked only the headers before training) is said with every other file of the run that cannot
+    be used; a collective that failed because another process ended says that, in one line, instead of gloo's
+    message."""
+    if isinstance(error, UnreadableImage) and parts.cfg.data.on_bad_image == "error":
+        try:
+            paths = [path for samples in parts.splits.splits.values() for path, _ in samples]
+            error = refuse_bad_images(parts.cfg.data, parts.splits.root, paths) or error
+        except Exception:  # the check failing too: the file met first is said alone
+            logger.exception("the check of every image, after one could not be read, failed")
     if isinstance(error, DataError):
         error.own = True
     if lost_peer(error):
@@ -89,7 +100,7 @@ def execute(parts: Parts, stop: StopRequest | None = None, stop_after_epochs: in
             leave_together(parts.accelerator)
         return interrupted.exit_code
     except BaseException as error:
-        stopped = _as_stopped(error)
+        stopped = _as_stopped(error, parts)
         parts.summary.write_if_possible(status="failed", error=describe(stopped))
         if stopped is error:
             raise

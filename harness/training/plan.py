@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from harness.checkpointing.folders import STATE, latest_checkpoint, read_marker,
 from harness.config.loading import load_config
 from harness.config.naming import checked_run_name, run_name_for
 from harness.config.schema import Config
-from harness.errors import CheckpointError
+from harness.data import background
+from harness.data.builtin import data_root
+from harness.errors import CheckpointError, UserError
 from harness.storage.rundir import RunDir, protected_part
-from harness.training.features.early_stopping import stopped_early_at
+from harness.evaluation.selection import stopped_early_at
 
 START_OVER_HINT = "--run-name NAME starts another run, --force starts over in it (deleting it)"
 
@@ -84,6 +87,25 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
     if checkpoint is None:
         refuse_if_it_trained(rundir)  # otherwise it never reached a checkpoint: it starts again, in place
     return RunPlan(cfg, rundir, checkpoint)
+
+
+def splits_early(args: argparse.Namespace) -> None:
+    """On the main process of a run on a data folder, start making its splits (found for a new run, read back for a
+    resume) in a forked process (``harness.data.background``) before the command imports torch. Anything this
+    cannot decide is decided again by the command itself, which says the refusals."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        plan = resolve_run(args)
+    except UserError:
+        return
+    data = plan.cfg.data
+    if data.builtin:
+        return
+    if plan.resume_from is None:
+        background.find_early(data, data_root(data), plan.rundir.root.parent)
+    else:
+        background.read_early(plan.rundir.splits, data_root(data), data)
 
 
 def refuse_if_it_trained(rundir: RunDir) -> None:

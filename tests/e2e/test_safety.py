@@ -58,6 +58,31 @@ def test_bad_images_are_all_named_at_once_or_skipped_and_listed(hostile_folder, 
 
 
 @pytest.mark.slow
+def test_files_whose_pixels_alone_are_broken_stop_the_run_when_read_all_named_and_once_mended_it_continues(env, tmp_path):
+    """Only the headers are read before training (data.on_bad_image: error): the first broken file read stops the
+    run, naming every broken one; mended, the same command finishes the run as if they had never been broken."""
+    root = make_image_folder(tmp_path / "images", classes=3, per_class=12)
+    broken = {name: (root / name).read_bytes() for name in ("class_0/004.png", "class_2/007.png")}
+    for name, data in broken.items():
+        (root / name).write_bytes(data[: len(data) // 2])  # a copy cut short: the header reads, the pixels do not
+    command = folder_command(root, tmp_path / "runs", "train.epochs=2", "--run-name", "cut")
+    failed = run_train(command, env, launcher=PYTHON, check=False)
+    message = one_line_error(failed)
+    assert message.startswith(f"{root}: 2 image(s) cannot be used: class_0/004.png (OSError: ")
+    assert "; class_2/007.png (OSError: " in message and message.endswith(
+        "Fix them, and the same command continues the run; or leave them out in a new run: data.on_bad_image=skip, "
+        "with --force or another --run-name")
+    assert summary(tmp_path / "runs" / "cut")["status"] == "failed"
+    for name, data in broken.items():
+        (root / name).write_bytes(data)
+    run_train(command, env, launcher=PYTHON)
+    run_train(folder_command(root, tmp_path / "runs", "train.epochs=2", "--run-name", "whole"), env, launcher=PYTHON)
+    assert summary(tmp_path / "runs" / "cut")["status"] == "completed"
+    assert_same_weights(tmp_path / "runs" / "cut" / "weights" / "last.safetensors",
+                        tmp_path / "runs" / "whole" / "weights" / "last.safetensors")
+
+
+@pytest.mark.slow
 def test_data_that_cannot_train_is_refused_and_a_long_warmup_warned(env, tmp_path):
     one = make_image_folder(tmp_path / "one", classes=1)
     refused = run_train(folder_command(one, tmp_path / "runs"), env, launcher=PYTHON, check=False)

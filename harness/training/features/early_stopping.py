@@ -15,7 +15,7 @@ from torch import nn
 
 from harness.checkpointing.state import TrainState
 from harness.config.schema import Config, EarlyStoppingConfig
-from harness.evaluation.selection import HIGHER_IS_BETTER, scores
+from harness.evaluation.selection import stopped_early_at
 from harness.training.features.base import Feature
 
 logger = logging.getLogger(__name__)
@@ -42,20 +42,3 @@ class EarlyStopping(Feature):
         if state.stopped_early_at is not None:
             logger.info(f"early stopping after epoch {state.stopped_early_at} of {self.epochs}: {self.monitor} has not "
                         f"improved by more than {self.rule.min_delta:g} in the last {self.rule.patience} epoch(s)")
-
-
-def stopped_early_at(history: list[dict], monitor: str, rule: EarlyStoppingConfig | None) -> int | None:
-    """The epoch (from 1) after which ``train.early_stopping`` ends a run with ``history``: the
-    ``patience``-th in a row whose ``monitor`` did not improve on the best so far by more than ``min_delta``."""
-    if rule is None:
-        return None
-    reference, waited = None, 0
-    for record in history:
-        value = scores(record, monitor)[monitor]
-        if reference is None or (value - reference if HIGHER_IS_BETTER[monitor] else reference - value) > rule.min_delta:
-            reference, waited = value, 0
-        else:
-            waited += 1
-            if waited >= rule.patience:
-                return record["epoch"]
-    return None

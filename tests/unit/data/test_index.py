@@ -81,20 +81,20 @@ def test_a_damaged_index_is_checked_again_with_a_warning(folder, caplog):
         again = discover_splits(cfg, root)
     assert f"the image index {index} is damaged" in caplog.text and "checking every image again" in caplog.text
     assert sorted(again.skipped) == ["class_0/000.png", *first.skipped]
-    assert len(load_index(root.parent / "cache", root).entries) == 17  # written whole again
+    assert len(load_index(root.parent / "cache", root)) == 17  # written whole again
 
 
 def test_indexes_saved_at_once_keep_what_each_added(tmp_path):
     one, two = load_index(tmp_path, tmp_path / "root"), load_index(tmp_path, tmp_path / "root")
-    one.add("a.png", Stat(10, 1), Verdict(4, 4, None))
-    two.add("b.png", Stat(20, 2), Verdict(0, 0, "UnidentifiedImageError: x"))
+    one.add("a.png", Stat(10, 1), Verdict(4, 4, None, True))
+    two.add("b.png", Stat(20, 2), Verdict(0, 0, "UnidentifiedImageError: x", True))
     one.save()
     two.save()
     kept = load_index(tmp_path, tmp_path / "root")
-    assert kept.get("a.png", Stat(10, 1)) == Verdict(4, 4, None)
-    assert kept.get("b.png", Stat(20, 2)) == Verdict(0, 0, "UnidentifiedImageError: x")
+    assert kept.get("a.png", Stat(10, 1)) == Verdict(4, 4, None, True)
+    assert kept.get("b.png", Stat(20, 2)) == Verdict(0, 0, "UnidentifiedImageError: x", True)
     assert kept.get("a.png", Stat(10, 2)) is None  # another modification time: no verdict
-    assert load_index(tmp_path, tmp_path / "other").entries == {}  # one index per root
+    assert len(load_index(tmp_path, tmp_path / "other")) == 0  # one index per root
 
 
 def test_an_index_that_cannot_be_written_leaves_the_check_whole(folder, tmp_path, caplog):

@@ -4,7 +4,7 @@ stopping's rule."""
 import torch
 
 from harness.config.schema import EarlyStoppingConfig, EmaConfig, MixupConfig
-from harness.training.features.early_stopping import stopped_early_at
+from harness.evaluation.selection import stopped_early_at
 from harness.training.features.ema import WeightAverage
 from harness.training.features.mixup import Mixup
 
