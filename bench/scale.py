@@ -4,13 +4,14 @@ harness), made once in parallel under ``--data-dir``, and side by side in one ru
 - time from process start to the first trained batch: the plain loader (torchvision ``ImageFolder`` +
   ``DataLoader``, shuffled), then the harness on a new cache folder (``first``), again under a new run name
   (``second``: what a later run, a k-fold sibling or a sweep task pays), and resuming a run stopped after its first
-  batch (``resume``: what a requeue pays);
+  batch (``resume``: what a requeue pays); each started as ``python`` and as ``accelerate launch`` (whose own start,
+  paid by any script it launches, is compared like for like: the plain loader is launched by it too);
 - the peak memory (PSS) of the process tree until then, with 1 and with ``--processes`` processes;
 - the same starts on the folder packed with ``harness/pack.py`` (made once beside it);
-- two-epoch runs of a small CNN (one each): train images/s of each epoch from the folder, from ``data.cache:
-  memory`` with 1 and ``--processes`` processes, and from the packed folder; the peak memory of the process tree
-  (what the memory cache costs the machine) and how many times a data file was opened (under ``strace``, if
-  installed).
+- two-epoch runs of a small CNN (one each): train images/s of each epoch from the folder with ``data.cache: none``
+  and ``memory``, each with 1 and ``--processes`` processes, and from the packed folder; the peak memory of the
+  process tree (what the memory cache adds to the machine: the same with 1 and ``--processes`` processes when it is
+  held once) and how many times a data file was opened (under ``strace``, if installed).
 
     python bench/scale.py [--images 100000] [--cache memory] [--repeats 3]   # about 10 minutes on 2 cores
 
@@ -79,21 +80,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     root = make_folder(args.data_dir, args.images, args.image_size)
     packed, pack_seconds = make_pack(root)
-    starts: dict[str, list[tuple[float, int]]] = {}
+    starts: dict[tuple[str, str], list[tuple[float, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="scale-", dir=args.data_dir) as work:
+        plain = Path(work) / "plain.py"
+        plain.write_text(PLAIN)
         for repeat in range(args.repeats):
-            starts.setdefault("plain ImageFolder", []).append(first_batch(
-                [sys.executable, "-c", PLAIN, str(root), str(args.image_size), str(args.workers)], work))
-            for data, processes in [(root, 1), (root, args.processes), (packed, 1)]:
+            for python in (True, False):
+                starts.setdefault((launched_by(python, 1), "plain ImageFolder"), []).append(first_batch(
+                    [*launcher(1, python), str(plain), str(root), str(args.image_size), str(args.workers)], work))
+            for data, processes, python in [(root, 1, True), (root, 1, False), (root, args.processes, False),
+                                            (packed, 1, True)]:
                 where = "packed" if data == packed else "folder"
-                for way, seconds in harness_starts(args, data, Path(work) / f"r{repeat}{where}{processes}", processes):
-                    starts.setdefault(f"harness, {where}, {way}, {processes} process(es)", []).append(seconds)
+                folder = Path(work) / f"r{repeat}{where}{processes}{python}"
+                for way, seconds in harness_starts(args, data, folder, processes, python):
+                    key = (launched_by(python, processes), f"harness, {where}, {way}")
+                    starts.setdefault(key, []).append(seconds)
         shared = Path(work) / "cache"  # the epochs' runs: the folder's index made first, outside them
         if not args.starts_only:
             discover_splits(DataConfig(root=str(root), cache_dir=str(shared)), root)
         epochs = {} if args.starts_only else {f"{where}, data.cache: {cache}, {processes} process(es)": two_epochs(
                       args, data, cache, shared, Path(work) / f"e{where}{cache}{processes}", processes)
-                  for where, data, cache, processes in [("folder", root, "none", 1), ("folder", root, "memory", 1),
+                  for where, data, cache, processes in [("folder", root, "none", 1), ("folder", root, "none", args.processes),
+                                                        ("folder", root, "memory", 1),
                                                         ("folder", root, "memory", args.processes),
                                                         ("packed", packed, "none", 1)]}
     report(args, starts, epochs, pack_seconds)
@@ -102,11 +110,14 @@ def main(argv: list[str] | None = None) -> None:
 def report(args: argparse.Namespace, starts: dict, epochs: dict, pack_seconds: float) -> None:
     print(f"{args.images} images of {args.image_size} px, data.cache: {args.cache} (starts), {args.workers} "
           f"worker(s); packed in {pack_seconds:.0f} s; time to the first trained batch, medians of {args.repeats}")
-    plain = statistics.median(seconds for seconds, _ in starts["plain ImageFolder"])
-    print("\n| way | to first batch s | x plain | peak PSS GiB |\n| --- | ---: | ---: | ---: |")
-    for way, runs in starts.items():
+    plain = {launch.split(",")[0]: statistics.median(seconds for seconds, _ in runs)
+             for (launch, way), runs in starts.items() if way == "plain ImageFolder"}
+    print("\n| launched by | way | to first batch s | x plain, launched alike | peak PSS GiB |\n"
+          "| --- | --- | ---: | ---: | ---: |")
+    for (launch, way), runs in sorted(starts.items(), key=lambda item: item[0][0].split(",")[0]):
         seconds, peak = statistics.median(s for s, _ in runs), statistics.median(p for _, p in runs)
-        print(f"| {way} | {seconds:.1f} | {seconds / plain:.2f} | {peak / 2**30:.2f} |")
+        print(f"| {launch} | {way} | {seconds:.2f} | {seconds / plain[launch.split(',')[0]]:.2f} | "
+              f"{peak / 2**30:.2f} |")
     if not epochs:
         return
     print("\n| two epochs of compact_cnn, one run each | epoch 1 img/s | epoch 2 img/s | wall s | peak PSS GiB | "
@@ -141,24 +152,29 @@ def two_epochs(args: argparse.Namespace, root: Path, cache: str, cache_dir: Path
     trace = work / "opens"
     strace = ["strace", "-f", "--seccomp-bpf", "-e", "trace=open,openat", "-o", str(trace)] \
         if shutil.which("strace") else []
-    wall, peak = timed([*strace, *launcher(processes), "--config", str(config), "--output-dir", str(work / "runs")],
-                       work / "log")
+    wall, peak = timed([*strace, *launcher(processes), str(REPO / "harness" / "train.py"), "--config", str(config),
+                        "--output-dir", str(work / "runs")], work / "log")
     with open(work / "runs" / "epochs" / "history.csv") as f:
         rates = [float(row["train_images_per_second"]) for row in csv.DictReader(f)]
     opens = sum(f'"{root}/' in line for line in trace.read_text().splitlines()) if strace else "no strace"
     return rates, wall, peak, opens
 
 
-def launcher(processes: int) -> list[str]:
-    """The documented training command for ``processes`` processes on this machine's CPU."""
+def launcher(processes: int, python: bool = False) -> list[str]:
+    """The documented command that starts a script as ``processes`` processes on this machine's CPU: ``python`` (one
+    process) or ``accelerate launch``; the script's path follows."""
+    if python:
+        return [sys.executable]
     launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "-q", "--config_file",
               str(REPO / "launch_configs" / ("cpu.yaml" if processes == 1 else "cpu_ddp.yaml"))]
-    if processes > 1:
-        launch += ["--num_processes", str(processes)]
-    return [*launch, str(REPO / "harness" / "train.py")]
+    return [*launch, "--num_processes", str(processes)] if processes > 1 else launch
 
 
-def harness_starts(args: argparse.Namespace, root: Path, work: Path, processes: int):
+def launched_by(python: bool, processes: int) -> str:
+    return "python" if python else f"accelerate launch, {processes} process(es)"
+
+
+def harness_starts(args: argparse.Namespace, root: Path, work: Path, processes: int, python: bool):
     """(way, (seconds, peak PSS)) of a first run on a new cache folder, a second run, and a resume of the first."""
     work.mkdir(parents=True)
     config = work / "scale.yaml"
@@ -167,7 +183,7 @@ def harness_starts(args: argparse.Namespace, root: Path, work: Path, processes: 
                  "cache_dir": str(work / "cache")},
         "model": {"name": "resnet18"}, "train": {"epochs": 1, "batch_size": 64}, "log": {"progress": False},
     }))
-    train = launcher(processes)
+    train = [*launcher(processes, python), str(REPO / "harness" / "train.py")]
     new = ["--config", str(config), "--output-dir", str(work / "runs")]
     yield "first", first_batch([*train, *new, "--run-name", "first"], work)
     yield "second", first_batch([*train, *new, "--run-name", "second"], work)

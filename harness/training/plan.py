@@ -90,22 +90,25 @@ def resolve_run(args: argparse.Namespace) -> RunPlan:
 
 
 def splits_early(args: argparse.Namespace) -> None:
-    """On the main process of a run on a data folder, start making its splits (found for a new run, read back for a
-    resume) in a forked process (``harness.data.background``) before the command imports torch. Anything this
-    cannot decide is decided again by the command itself, which says the refusals."""
-    if os.environ.get("RANK", "0") != "0":
-        return
+    """On the main process, start making the run's splits (found for a new run, read back for a resume) in a
+    process forked before the command imports torch (``harness.data.background``)."""
+    if os.environ.get("RANK", "0") == "0":
+        background.start(lambda: splits_asked(args))
+
+
+def splits_asked(args: argparse.Namespace) -> tuple | None:
+    """The splits this command's run will ask for, where its data is a folder; None for built-in data, or where the
+    command will refuse (it says why itself)."""
     try:
         plan = resolve_run(args)
     except UserError:
-        return
+        return None
     data = plan.cfg.data
     if data.builtin:
-        return
+        return None
     if plan.resume_from is None:
-        background.find_early(data, data_root(data), plan.rundir.root.parent)
-    else:
-        background.read_early(plan.rundir.splits, data_root(data), data)
+        return background.finding(data, data_root(data), plan.rundir.root.parent)
+    return background.reading(plan.rundir.splits, data_root(data), data)
 
 
 def refuse_if_it_trained(rundir: RunDir) -> None:

@@ -16,8 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from harness.config.loading import load_config
 from harness.optim.schedules import lr_per_update
 from harness.runtime.threads import share_of_cores
-from tests.helpers import (CPU_LAUNCH, DIGITS, FAST, PYTHON, REPO, make_image_folder, marker, pointer, rows, run_train,
-                           summary)
+from tests.helpers import (CPU_LAUNCH, DIGITS, FAST, PYTHON, REPO, make_image_folder, marker, one_line_error,
+                           pointer, rows, run_train, summary)
 
 
 @pytest.mark.slow
@@ -179,10 +179,12 @@ def test_image_folder_run_and_a_failure_is_recorded(env, tmp_path):
     assert "1 image(s) cannot be used: class_1/005.png (UnidentifiedImageError" in refused.stderr
     assert not (tmp_path / "runs" / "broken").exists()
     # A resume reads its saved split lists: the image broke since, so a DataLoader worker process hits it and
-    # re-raises in the main process: still one line, and the status is failed.
+    # re-raises in the main process; every file of the run is checked then: still one line naming the broken one,
+    # and the status is failed.
     failed = run_train(["--resume", run, "train.epochs=3", "data.num_workers=2"], env, launcher=PYTHON, check=False)
-    expected = f"class_1/005.png: cannot read image (UnidentifiedImageError: cannot identify image file '{root / 'class_1' / '005.png'}')"
-    assert failed.returncode == 2
-    assert len(failed.stderr.strip().splitlines()) == 1 and failed.stderr.strip().endswith(expected)
+    expected = (f"{root}: 1 image(s) cannot be used: class_1/005.png (UnidentifiedImageError: cannot identify image "
+                f"file '{root / 'class_1' / '005.png'}'). Fix them, and the same command continues the run; or leave "
+                "them out in a new run: data.on_bad_image=skip, with --force or another --run-name")
+    assert one_line_error(failed) == expected
     s = summary(run)
-    assert s["status"] == "failed" and s["error"].endswith(expected)
+    assert s["status"] == "failed" and s["error"] == expected

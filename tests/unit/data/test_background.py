@@ -45,7 +45,7 @@ def test_the_splits_found_early_are_those_found_in_the_process_and_its_lines_are
     root = make_image_folder(tmp_path / "data", classes=2, per_class=8)
     (root / "class_1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     done = run("""
-background.find_early(cfg, root, None)
+background.start(lambda: background.finding(cfg, root, None))
 early = background.found_splits(cfg, root, None)
 print(json.dumps(["same", facts(early) == facts(discover_splits(cfg, root)), os.getpid()]))
 """ + no_children(), root, tmp_path)
@@ -63,7 +63,7 @@ def test_a_users_error_found_early_is_raised_where_the_splits_are_asked_for(tmp_
     root = make_image_folder(tmp_path / "data", classes=1, per_class=8)
     done = run("""
 from harness.errors import DataError
-background.find_early(cfg, root, None)
+background.start(lambda: background.finding(cfg, root, None))
 try:
     background.found_splits(cfg, root, None)
 except DataError as error:
@@ -76,7 +76,7 @@ except DataError as error:
 def test_splits_asked_for_something_else_are_made_here_and_the_forked_process_ends(tmp_path):
     root = make_image_folder(tmp_path / "data", classes=2, per_class=8)
     done = run("""
-background.find_early(cfg, root, Path("/elsewhere"))
+background.start(lambda: background.finding(cfg, root, Path("/elsewhere")))
 made = background.found_splits(cfg, root, None)
 print(facts(made) == facts(discover_splits(cfg, root)))
 """ + no_children(), root, tmp_path)
@@ -89,7 +89,7 @@ def test_a_resumes_splits_read_early_are_those_read_in_the_process(tmp_path):
 cfg.cache = "memory"
 discover_splits(cfg, root).save(Path(sys.argv[2]) / "splits")
 saved = Path(sys.argv[2]) / "splits"
-background.read_early(saved, root, cfg)
+background.start(lambda: background.reading(saved, root, cfg))
 early = background.saved_splits(saved, root, cfg)
 print(facts(early) == facts(read_splits(saved, root, cfg)), sorted(early.fingerprints))
 """ + no_children(), root, tmp_path)
@@ -100,7 +100,7 @@ def test_the_forked_process_ends_with_the_process_that_forked_it(tmp_path):
     root = make_image_folder(tmp_path / "data", classes=2, per_class=8)
     started = subprocess.Popen([sys.executable, "-c", PRELUDE + """
 import time
-background._start(("wait",), lambda: time.sleep(300))
+background.start(lambda: time.sleep(300))
 print(background._running.pid, flush=True)
 time.sleep(300)
 """, str(root), str(tmp_path / "cache")], cwd=REPO, stdout=subprocess.PIPE, text=True)
