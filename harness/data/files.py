@@ -46,7 +46,7 @@ class PackedFiles(FolderFiles):
         return load_image(self.root / path, max_pixels, FileBytes(self.pack.read(path), self.root / path))
 
     def stat(self, path: str) -> Stat:
-        return self.pack.members[path].stat
+        return self.pack.stat(path)
 
     def reader(self) -> Callable[[str], bytes] | None:
         return self.pack.read

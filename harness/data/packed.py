@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,18 +33,11 @@ MANIFEST = "pack.json"
 INDEX = "index.npz"
 FORMAT = "harness-pack"
 VERSION = 1
+COLUMNS = ("path", "shard", "offset", "size", "source_size", "mtime_ns")  # pack.json's files, one list each
 
 
 def is_packed(root: Path) -> bool:
     return (Path(root) / MANIFEST).is_file()
-
-
-@dataclass
-class Member:
-    shard: int
-    offset: int
-    size: int
-    stat: Stat  # of the source file
 
 
 class Pack:
@@ -58,11 +50,11 @@ class Pack:
             if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
                 raise ValueError(f"format {manifest.get('format')} version {manifest.get('version')}, not "
                                  f"{FORMAT} {VERSION}")
-            files = manifest["files"]
-            self.members = {path: Member(shard, offset, size, Stat(source_size, mtime)) for
-                            path, shard, offset, size, source_size, mtime in zip(
-                                files["path"], files["shard"], files["offset"], files["size"], files["source_size"],
-                                files["mtime_ns"], strict=True)}
+            # Columns, and each path's row: a million objects made at every start would cost seconds.
+            self.files = {key: manifest["files"][key] for key in COLUMNS}
+            self.rows = {path: row for row, path in enumerate(self.files["path"])}
+            if any(len(column) != len(self.rows) for column in self.files.values()):
+                raise ValueError("columns of different lengths, or a path twice")
             self.shards, self.listing = manifest["shards"], manifest["listing"]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise DataError(f"{self.root / MANIFEST}: a damaged pack ({type(error).__name__}: {error}): pack the "
@@ -72,19 +64,29 @@ class Pack:
     def __getstate__(self) -> dict:  # a spawned worker opens the shards again
         return {**self.__dict__, "_open": {}}
 
+    def paths(self) -> list[str]:
+        return self.files["path"]
+
     def read(self, path: str) -> bytes:
-        member = self.members[path]
-        fd = self._open.get(member.shard)
+        row = self.rows[path]
+        shard, size = self.files["shard"][row], self.files["size"][row]
+        fd = self._open.get(shard)
         if fd is None:
-            fd = self._open[member.shard] = os.open(self.root / self.shards[member.shard], os.O_RDONLY)
-        data = os.pread(fd, member.size, member.offset)
-        if len(data) != member.size:
-            raise DataError(f"{self.root / self.shards[member.shard]}: ends before {path} (a truncated shard): pack "
-                            "the folder again")
+            fd = self._open[shard] = os.open(self.root / self.shards[shard], os.O_RDONLY)
+        data = os.pread(fd, size, self.files["offset"][row])
+        if len(data) != size:
+            raise DataError(f"{self.root / self.shards[shard]}: ends before {path} (a truncated shard): pack the "
+                            "folder again")
         return data
 
+    def stat(self, path: str) -> Stat:
+        """The stat of ``path``'s source file when it was packed."""
+        row = self.rows[path]
+        return Stat(self.files["source_size"][row], self.files["mtime_ns"][row])
+
     def stats(self) -> dict[str, Stat]:
-        return {path: member.stat for path, member in self.members.items()}
+        return {path: Stat(size, mtime) for path, size, mtime in zip(self.files["path"], self.files["source_size"],
+                                                                     self.files["mtime_ns"])}
 
 
 def write_pack(source: Path, out: Path, listing: dict, stats: dict[str, Stat], shard_bytes: int,
@@ -112,7 +114,7 @@ def write_pack(source: Path, out: Path, listing: dict, stats: dict[str, Stat], s
 
 
 def _write_shards(source: Path, out: Path, paths: list[str], stats: dict[str, Stat], shard_bytes: int) -> dict:
-    files: dict[str, list] = {key: [] for key in ("path", "shard", "offset", "size", "source_size", "mtime_ns")}
+    files: dict[str, list] = {key: [] for key in COLUMNS}
     shard, tar = -1, None
     try:
         for path in paths:
