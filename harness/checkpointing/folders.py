@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import time
 from pathlib import Path
 
 from harness.storage.rundir import RunDir
@@ -46,8 +48,24 @@ def manifest(folder: Path) -> dict[str, dict]:
 
 
 def sha256(path: Path) -> str:
+    """The file's SHA-256; hashed once per process while its inode, size and modification time stay the same (a
+    resume verifies its checkpoint when it decides, again under the run lock, and when it loads it). A file
+    modified less than ``SETTLED_NS`` before it is hashed is not remembered: a change within the file system's
+    timestamp granularity would keep its modification time."""
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        stat = os.fstat(f.fileno())
+        key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key in _HASHED:
+            return _HASHED[key]
+        settled = time.time_ns() - stat.st_mtime_ns > SETTLED_NS
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if settled:
+        _HASHED[key] = digest
+    return digest
+
+
+SETTLED_NS = 100_000_000
+_HASHED: dict[tuple, str] = {}
 
 
 def verify(path: Path, content: bool = False) -> str | None:
