@@ -88,7 +88,7 @@ def test_a_damaged_pack_is_one_line_naming_the_file(folders, tmp_path):
         f.truncate(1024)
     files = files_at(broken)
     with pytest.raises(DataError, match=f"{shard}: ends before .* \\(a truncated shard\\): pack the folder again"):
-        files.load(files.pack.paths()[-1])  # the last file of the last shard
+        files.load(files.pack.paths[-1])  # the last file of the last shard
     (broken / "pack.json").write_text("{")
     files_at.cache_clear()
     with pytest.raises(DataError, match=r"pack.json: a damaged pack \(JSONDecodeError: .*\): pack the folder again"):
