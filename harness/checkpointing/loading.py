@@ -2,8 +2,10 @@
 
 Sizes and SHA-256 hashes are checked against the manifest first (``latest_checkpoint`` skips a damaged
 checkpoint for the previous one), the harness's own state is JSON, and every pickle-based file (optimizer,
-scheduler, RNG states, DeepSpeed's) is read with ``torch.load(weights_only=True)``, forced for the whole load
-whatever accelerate or DeepSpeed ask for, so no file can run code. A part that fails to load is an error
+scheduler, RNG states, DeepSpeed's, FSDP's shards) is read with ``torch.load(weights_only=True)``, forced for the
+whole load whatever accelerate, DeepSpeed or torch.distributed.checkpoint ask for, and the ``.metadata`` of
+FSDP's sharded checkpoints, which torch unpickles whole, is first read with only the classes it holds: so no file
+can run code. A part that fails to load is an error
 naming the checkpoint, never skipped.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +27,7 @@ from harness.checkpointing.folders import STATE, read_marker, verify
 from harness.checkpointing.state import TrainState
 from harness.config.typed import build_typed
 from harness.errors import CheckpointError
+from harness.runtime.accelerator import distributed_type
 from harness.runtime.collective import first_failure
 from harness.storage.rundir import RunDir
 
@@ -37,11 +41,32 @@ def load_checkpoint(accelerator: Accelerator, path: Path, state: TrainState) -> 
     problem = verify(path, content=True)
     if problem:
         raise CheckpointError(f"{path}: not a usable checkpoint: {problem}")
+    _check_format(accelerator, path)
     with weights_only():
+        _together(accelerator, path, lambda: _check_sharded_metadata(path))
         _together(accelerator, path, lambda: _check_rng_states(path, accelerator.process_index))
         _together(accelerator, path, lambda: accelerator.load_state(str(path)))
     saved = _together(accelerator, path, lambda: build_typed(TrainState, json.loads((path / STATE).read_text()), "", STATE))
     state.load_state_dict(saved.state_dict())
+
+
+# How accelerate's save_state writes the model and optimizer under each distributed type: FSDP as
+# torch.distributed.checkpoint shards, DeepSpeed as its engine's files, every other type as whole files.
+FORMATS = {"FSDP": "FSDP's sharded files", "DEEPSPEED": "DeepSpeed's files"}
+WHOLE = "whole files (one process, DDP)"
+LAUNCH_CONFIGS = {"FSDP": "launch_configs/fsdp.yaml", "DEEPSPEED": "a launch_configs/deepspeed_zero*.yaml"}
+
+
+def _check_format(accelerator: Accelerator, path: Path) -> None:
+    """A checkpoint loads only under a launch that reads its format: one line naming both, before anything is
+    read (a checkpoint of an older harness does not say; accelerate then fails on it, as before)."""
+    saved = read_marker(path).get("distributed_type")
+    now = distributed_type(accelerator)
+    if saved is None or FORMATS.get(saved, WHOLE) == FORMATS.get(now, WHOLE):
+        return
+    launch = LAUNCH_CONFIGS.get(saved, "launch_configs/cpu.yaml, cpu_ddp.yaml or multi_gpu.yaml")
+    raise CheckpointError(f"{path}: saved as {FORMATS.get(saved, WHOLE)} ({saved}), which this launch ({now}) "
+                          f"cannot read: continue the run with the launch config it trained with ({launch})")
 
 
 def _together(accelerator: Accelerator, path: Path, action: Callable[[], T]) -> T:
@@ -78,6 +103,34 @@ def _deepspeed_data_classes() -> list[type]:
     from deepspeed.utils.tensor_fragment import fragment_address
 
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """torch.distributed.checkpoint's ``.metadata`` (FSDP's sharded checkpoints), read as torch reads it but with
+    only the classes it holds: where a tensor's chunks lie in which file, shapes, dtypes, paths."""
+
+    ALLOWED = {
+        "torch.distributed.checkpoint.metadata": {
+            "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+            "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
+        "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+        "torch.serialization": {"_get_layout"},
+        "torch": {"Size"},
+        "pathlib": {"PosixPath", "PurePosixPath"},
+    }
+
+    def find_class(self, module: str, name: str):
+        if name in self.ALLOWED.get(module, ()) or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's .metadata")
+
+
+def _check_sharded_metadata(path: Path) -> None:
+    """torch.distributed.checkpoint unpickles its ``.metadata`` files whole (no weights-only mode): each is read
+    first with only the classes such a file holds, so that none can run code when torch reads it."""
+    for metadata in sorted(path.rglob(".metadata")):
+        with open(metadata, "rb") as f:
+            _MetadataUnpickler(f).load()
 
 
 def _check_rng_states(path: Path, process_index: int) -> None:

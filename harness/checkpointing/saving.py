@@ -23,13 +23,12 @@ from harness.checkpointing.folders import (MARKER, STATE, TMP_PREFIX, checkpoint
                                            latest_label, manifest)
 from harness.checkpointing.state import TrainState
 from harness.errors import StorageError
+from harness.runtime.accelerator import distributed_type
 from harness.runtime.collective import first_failure
 from harness.storage.atomic import fsync, write_atomic
 from harness.storage.rundir import RunDir
 
 logger = logging.getLogger(__name__)
-
-
 
 
 def save_checkpoint(accelerator: Accelerator, rundir: RunDir, state: TrainState, keep_last: int) -> str:
@@ -74,6 +73,7 @@ def _write_folder(accelerator: Accelerator, tmp: Path, name: str, state: TrainSt
             fsync(tmp / path)
         marker = {"name": name, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
                   "global_step": state.global_step, "num_processes": accelerator.num_processes,
+                  "distributed_type": distributed_type(accelerator),
                   "saved_at": time.time(), "files": files}
         write_atomic(tmp / MARKER, json.dumps(marker, indent=2))
         fsync(tmp)

@@ -35,8 +35,8 @@ def weights_metadata(cfg: Config, classes: list[str], run_name: str, mixed_preci
 
 def write_weights(accelerator: Accelerator, model, rundir: RunDir, name: str, meta: dict) -> None:
     """Write weights/<name>.safetensors and weights/meta.json. Every process must call it."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions; a collective
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions or FSDP shards; a collective
     else:
         state_dict = bare(model).state_dict()
     if not accelerator.is_main_process:

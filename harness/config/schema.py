@@ -104,6 +104,9 @@ class ModelConfig(Section):
     pretrained: bool = False  # torchvision weights, only from the local torch hub cache
     kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to the model's constructor
     channels_last: bool = False  # NHWC weights and inputs: faster convolutions on GPUs with tensor cores
+    # recompute each block's activations in the backward pass instead of keeping them: less memory, about a third
+    # more compute, the same weights (harness.models.blocks)
+    activation_checkpointing: bool = False
     freeze_backbone_epochs: int = rule(0, at_least(0))  # only the classifier (last layer) learns in these first epochs
 
 
@@ -172,15 +175,19 @@ class TrainConfig(Section):
     final_eval_splits: Optional[List[Literal["train", "val", "test"]]] = rule(None, Rule(
         lambda splits: 0 < len(splits) == len(set(splits)), "name each split once, and at least one"))
 
-    def check_engine(self, zero_stage: int | None) -> None:
-        """What the launch adds to the rules (``zero_stage``: DeepSpeed's, None without it). DeepSpeed's engine
-        applies the update inside backward; ZeRO-3 leaves each process a shard of every parameter."""
+    def check_engine(self, zero_stage: int | None, fsdp: bool) -> None:
+        """What the launch adds to the rules (``zero_stage``: DeepSpeed's, None without it; ``fsdp``: FSDP2).
+        DeepSpeed's engine applies the update inside backward; ZeRO-3 and FSDP leave each process a shard of every
+        parameter."""
         if zero_stage is not None and self.skip_nonfinite_steps:
             raise ConfigError("train.skip_nonfinite_steps: not possible under DeepSpeed, whose engine applies the "
                               "update inside backward; set it to 0 (a non-finite loss then stops the run)")
         if zero_stage == 3 and self.ema is not None:
             raise ConfigError("train.ema: not possible under DeepSpeed ZeRO-3, where no process holds whole "
                               "parameters to average; use ZeRO-2 or DDP, or set train.ema: null")
+        if fsdp and self.ema is not None:
+            raise ConfigError("train.ema: not possible under FSDP, where no process holds whole parameters to "
+                              "average; use DDP or DeepSpeed ZeRO-2, or set train.ema: null")
 
 
 @dataclass

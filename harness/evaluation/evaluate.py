@@ -25,7 +25,10 @@ def evaluate(accelerator: Accelerator, model, loader, inputs: ModelInputs, views
         sync_buffers(accelerator, member)
         member.eval()
     batches = []
-    with torch.inference_mode():
+    # no_grad, not inference_mode: FSDP2 cannot gather its shards under inference_mode when that is the model's
+    # first forward (a resume straight to the final evaluation): "Inference tensors do not track version counter"
+    # (pytorch/pytorch#197327).
+    with torch.no_grad():
         for images, labels, indices in batches_of(loader):
             x = inputs(images)
             with accelerator.autocast():

@@ -15,6 +15,7 @@ from torch import nn
 
 from harness.config.schema import Config, ModelConfig
 from harness.errors import ConfigError, MissingDependency, UserError, one_line
+from harness.models.blocks import checkpoint_activations
 
 CUSTOM_MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -136,11 +137,13 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 
 def training_model(cfg: Config, num_classes: int) -> nn.Module:
     """The model a run trains: ``model.*`` built, checked on an image of ``data.image_size``, in its memory format,
-    compiled with ``train.compile``."""
+    its blocks' activations checkpointed with ``model.activation_checkpointing``, compiled with ``train.compile``."""
     model = build_model(cfg.model, num_classes)
     check_takes(model, cfg.model, cfg.data.image_size)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.model.activation_checkpointing:
+        checkpoint_activations(model, cfg.model.name)
     if cfg.train.compile:
         # In place, so that the state dict (checkpoints, weights) keeps its keys. One graph for every batch
         # size: otherwise a last, smaller batch recompiles with other kernels, and a resumed run, which meets

@@ -7,10 +7,12 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs, get_int_from_env
+from accelerate.utils import (DataLoaderConfiguration, DistributedType, FullyShardedDataParallelPlugin,
+                               InitProcessGroupKwargs, get_int_from_env)
 
 from harness.errors import LaunchError
 from harness.runtime.deepspeed import configure_deepspeed
+from harness.runtime.fsdp import check_fsdp, fsdp_requested, select_fsdp
 from harness.runtime.threads import cpu_threads
 
 
@@ -19,15 +21,16 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
     """``mixed_precision=None`` leaves precision to the launch config (ACCELERATE_MIXED_PRECISION). On a CPU,
     torch gets ``cpu_threads()`` threads, whatever the launcher set."""
     launched = launched_processes()
-    on_cpu = launched > 1 and not torch.cuda.is_available()
-    # Without CUDA, NCCL cannot work: processes must meet over gloo (DeepSpeed on CPU needs it said).
+    # Without CUDA, processes meet over gloo (NCCL cannot work; DeepSpeed on CPU needs it said). FSDP joins them
+    # even when alone: one process is a group of one, whose sharded checkpoints load into any other count.
+    on_cpu = not torch.cuda.is_available() and (launched > 1 or fsdp_requested())
     handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu else []
+    cpu_fsdp = FullyShardedDataParallelPlugin() if on_cpu and fsdp_requested() else None
     accelerator = Accelerator(
-        # accelerate's torchrun path (multi_gpu and cpu_ddp launch configs) does not pass use_cpu on: without
-        # cpu=True, processes without a GPU would each train alone (distributed type NO). DeepSpeed and FSDP
-        # keep their own engine, which cpu=True would switch off.
-        cpu=on_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true"
-        and os.environ.get("ACCELERATE_USE_FSDP", "false") != "true",
+        # accelerate's torchrun path (multi_gpu, cpu_ddp and fsdp launch configs) does not pass use_cpu on:
+        # without cpu=True, processes without a GPU would each train alone (distributed type NO). DeepSpeed
+        # keeps its own engine, which cpu=True would switch off.
+        cpu=on_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum_steps,
         # The scheduler is stepped once per optimizer update by the loop, never once per process.
@@ -35,9 +38,13 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
         # Batches go to the device without waiting (from pinned memory on a GPU). The shuffle is the train
         # loader's own (harness.data.loaders.EpochSampler), a function of (seed, epoch) alike on every process.
         dataloader_config=DataLoaderConfiguration(non_blocking=True),
+        fsdp_plugin=cpu_fsdp,
         kwargs_handlers=handlers,
     )
+    if cpu_fsdp is not None:
+        select_fsdp(accelerator, cpu_fsdp)
     check_world(accelerator, launched)
+    check_fsdp(accelerator)
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cpu_threads())
     configure_deepspeed(accelerator, grad_accum_steps, clip_grad_norm, batch_size)
@@ -45,8 +52,8 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
 
 
 def bare(model):
-    """The module inside a DDP wrapper or a DeepSpeed engine (accelerate's unwrap_model imports DeepSpeed, 2 s,
-    wherever it is installed)."""
+    """The module inside a DDP wrapper or a DeepSpeed engine; FSDP2 shards the module in place (accelerate's
+    unwrap_model imports DeepSpeed, 2 s, wherever it is installed)."""
     return getattr(model, "module", model)
 
 
@@ -66,15 +73,20 @@ def check_world(accelerator: Accelerator, launched: int) -> None:
     if accelerator.num_processes != launched or (launched > 1 and not distributed):
         raise LaunchError(
             f"the launcher started {launched} process(es) but they form a group of {accelerator.num_processes} "
-            f"({str(accelerator.distributed_type).rsplit('.', 1)[-1]}): they would train separate models on parts "
+            f"({distributed_type(accelerator)}): they would train separate models on parts "
             "of the data; use a launch config of launch_configs/ as the README shows")
+
+
+def distributed_type(accelerator: Accelerator) -> str:
+    """accelerate's name of how the processes train together: NO, MULTI_CPU, MULTI_GPU, DEEPSPEED, FSDP, ..."""
+    return str(accelerator.distributed_type).rsplit(".", 1)[-1]
 
 
 def environment(accelerator: Accelerator) -> dict:
     """Where and how the processes run, as the log and the summary report it."""
     return {
         "device": str(accelerator.device),
-        "distributed_type": str(accelerator.distributed_type).rsplit(".", 1)[-1],
+        "distributed_type": distributed_type(accelerator),
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "threads": torch.get_num_threads(),  # per process

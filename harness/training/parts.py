@@ -28,6 +28,7 @@ from harness.data.loaders import training_loaders
 from harness.data.source import run_splits
 from harness.data.splits import DataSplits
 from harness.data.workers import loader_workers
+from harness.models.blocks import block_classes
 from harness.models.buffers import match_buffers_to_params
 from harness.models.registry import num_parameters, training_model
 from harness.optim.losses import build_criterion
@@ -37,6 +38,7 @@ from harness.reporting.history import Reporter
 from harness.reporting.summary import RunSummary
 from harness.runtime.accelerator import environment
 from harness.runtime.deepspeed import size_deepspeed_buckets
+from harness.runtime.fsdp import fsdp_compute_dtype, shard_blocks
 from harness.runtime.logs import log_to_file
 from harness.storage.rundir import RunDir
 from harness.training.features.base import Features
@@ -120,11 +122,12 @@ def _prepared(accelerator: Accelerator, cfg: Config, splits: DataSplits) -> tupl
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.epochs,
                                 updates_per_epoch(len(train_loader), cfg.train.grad_accum_steps),
                                 cfg.model.freeze_backbone_epochs)
-    parameters = num_parameters(model)  # before ZeRO-3 partitions them
+    parameters = num_parameters(model)  # before ZeRO-3 or FSDP shards them
     size_deepspeed_buckets(accelerator, parameters)
+    shard_blocks(accelerator, block_classes(model))
     # Together, so that under DeepSpeed the engine owns (steps and checkpoints) the scheduler.
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    match_buffers_to_params(model)
+    match_buffers_to_params(model, fsdp_compute_dtype(accelerator))
     return train_loader, eval_loaders, model, optimizer, scheduler, criterion, parameters
 
 

@@ -24,6 +24,7 @@ from harness.errors import TrainingDiverged
 from harness.evaluation.evaluate import evaluate
 from harness.evaluation.predictions import Predictions
 from harness.evaluation.selection import OWN, beats, scores
+from harness.models.buffers import sync_buffers
 from harness.models.inputs import ModelInputs
 from harness.runtime.signals import StopRequest, TrainingInterrupted
 from harness.training.final_evaluation import evaluate_best, weights_meta, weights_of
@@ -177,6 +178,10 @@ class Trainer:
         """Checkpoint now; inside an epoch (``meter``), with the epoch's sums so far. Every process calls it."""
         if meter is not None:
             self.parts.state.epoch_sums = meter.totals()
+        # Each process's BatchNorm statistics move with its own batches. A checkpoint holds the main process's, as
+        # the weights do and evaluation uses: DDP and DeepSpeed save them from the main process, FSDP's sharded
+        # save from whichever process it picks for a tensor every process holds, so they are made equal first.
+        sync_buffers(self.parts.accelerator, self.parts.model)
         save_checkpoint(self.parts.accelerator, self.parts.rundir, self.parts.state, self.parts.cfg.checkpoint.keep_last)
         self.step.poller.saved()
 

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from accelerate.utils import DistributedType
 
 from harness.checkpointing.folders import latest_checkpoint, read_pointer, verify
 from harness.checkpointing.saving import clean_temporary, rotate, save_checkpoint
@@ -33,7 +34,7 @@ class OneProcess:
     operation of the save (these writes, renames, replaces, deletions) counts as an event. The event numbered
     ``crash_at`` crashes instead of happening."""
 
-    is_main_process, num_processes = True, 1
+    is_main_process, num_processes, distributed_type = True, 1, DistributedType.NO
 
     def __init__(self, monkeypatch=None, crash_at: int = 0) -> None:
         self.events, self.crash_at = 0, crash_at
