@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The checks that need CUDA, in under 6 minutes on one GPU: the tests marked `gpu` (fp16 with loss scaling,
-# bf16, DeepSpeed on the GPU, NCCL DDP when there are 2+ GPUs) and one short run of the speed benchmark
+# The checks that need CUDA, in under 7 minutes on one GPU: the tests marked `gpu` (fp16 with loss scaling,
+# bf16, DeepSpeed on the GPU, FSDP2 in bf16 with a resume, NCCL DDP and FSDP2 over 2 GPUs when there are 2+) and
+# one short run of the speed benchmark
 # (bench/gpu.sh gives the full figures).
 # Prints one PASS/FAIL line per check and the figures; exits non-zero if a check failed.
 #   bash scripts/gpu_check.sh            (from the repository root, in the project's environment)
@@ -10,7 +11,7 @@ status=0
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
 python -c "import torch, accelerate; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'accelerate', accelerate.__version__)"
 
-timeout 300 python -m pytest -o addopts="--strict-markers" -m gpu -rA -q -p no:cacheprovider tests/test_gpu.py > /tmp/gpu_check.log 2>&1
+timeout 360 python -m pytest -o addopts="--strict-markers" -m gpu -rA -q -p no:cacheprovider tests/e2e/test_gpu.py > /tmp/gpu_check.log 2>&1
 rc=$?
 sed -n '/short test summary info/,$p' /tmp/gpu_check.log | grep -E "^(PASSED|FAILED|ERROR|SKIPPED)" | sed 's/^/check: /'
 tail -1 /tmp/gpu_check.log

@@ -105,22 +105,25 @@ def _deepspeed_data_classes() -> list[type]:
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """torch.distributed.checkpoint's ``.metadata`` (FSDP's sharded checkpoints), read as torch reads it but with
-    only the classes it holds: where a tensor's chunks lie in which file, shapes, dtypes, paths."""
+# What torch.distributed.checkpoint's ``.metadata`` (FSDP's sharded checkpoints) holds: where each tensor's chunks
+# lie in which file, shapes, dtypes, paths.
+METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath"},
+}
 
-    ALLOWED = {
-        "torch.distributed.checkpoint.metadata": {
-            "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
-            "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
-        "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-        "torch.serialization": {"_get_layout"},
-        "torch": {"Size"},
-        "pathlib": {"PosixPath", "PurePosixPath"},
-    }
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """A ``.metadata`` read as torch reads it, with only the classes it holds (and torch's dtypes)."""
 
     def find_class(self, module: str, name: str):
-        if name in self.ALLOWED.get(module, ()) or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+        if name in METADATA_CLASSES.get(module, ()) or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                                                          torch.dtype)):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's .metadata")
 

@@ -175,19 +175,16 @@ class TrainConfig(Section):
     final_eval_splits: Optional[List[Literal["train", "val", "test"]]] = rule(None, Rule(
         lambda splits: 0 < len(splits) == len(set(splits)), "name each split once, and at least one"))
 
-    def check_engine(self, zero_stage: int | None, fsdp: bool) -> None:
-        """What the launch adds to the rules (``zero_stage``: DeepSpeed's, None without it; ``fsdp``: FSDP2).
-        DeepSpeed's engine applies the update inside backward; ZeRO-3 and FSDP leave each process a shard of every
-        parameter."""
+    def check_engine(self, zero_stage: int | None) -> None:
+        """What the launch adds to the rules (``zero_stage``: DeepSpeed's, None without it). DeepSpeed's engine
+        applies the update inside backward; ZeRO-3 leaves each process a shard of every parameter (FSDP too, but
+        there the weight average follows each process's shards)."""
         if zero_stage is not None and self.skip_nonfinite_steps:
             raise ConfigError("train.skip_nonfinite_steps: not possible under DeepSpeed, whose engine applies the "
                               "update inside backward; set it to 0 (a non-finite loss then stops the run)")
         if zero_stage == 3 and self.ema is not None:
             raise ConfigError("train.ema: not possible under DeepSpeed ZeRO-3, where no process holds whole "
                               "parameters to average; use ZeRO-2 or DDP, or set train.ema: null")
-        if fsdp and self.ema is not None:
-            raise ConfigError("train.ema: not possible under FSDP, where no process holds whole parameters to "
-                              "average; use DDP or DeepSpeed ZeRO-2, or set train.ema: null")
 
 
 @dataclass

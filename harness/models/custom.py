@@ -6,6 +6,7 @@ any keyword arguments, which come from ``model.kwargs`` in the config) and retur
 
 from __future__ import annotations
 
+import torchvision
 from torch import nn
 
 from harness.models.registry import register_model
@@ -42,3 +43,16 @@ def compact_cnn(num_classes: int, width: int = 32, dropout: float = 0.0, norm: s
         nn.Dropout(dropout),
         nn.Linear(4 * w, num_classes),
     )
+
+
+@register_model("vit")
+def vit(num_classes: int, image_size: int = 224, patch_size: int = 16, num_layers: int = 12, num_heads: int = 12,
+        hidden_dim: int = 768, mlp_dim: int = 3072, dropout: float = 0.0, attention_dropout: float = 0.0) -> nn.Module:
+    """A Vision Transformer of any size, torchvision's implementation (the defaults are ViT-B/16's; ViT-L/16:
+    num_layers 24, num_heads 16, hidden_dim 1024, mlp_dim 4096): for sizes torchvision names no builder for, or
+    small images. ``image_size`` must be ``data.image_size``. For torchvision's pretrained weights, use its names
+    (``vit_b_16``, ``vit_l_16``, ...)."""
+    return torchvision.models.VisionTransformer(
+        image_size=image_size, patch_size=patch_size, num_layers=num_layers, num_heads=num_heads,
+        hidden_dim=hidden_dim, mlp_dim=mlp_dim, dropout=dropout, attention_dropout=attention_dropout,
+        num_classes=num_classes)

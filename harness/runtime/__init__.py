@@ -1,2 +1,2 @@
-"""What every process runs with: the Accelerator, its threads and DeepSpeed settings, decisions made together,
+"""What every process runs with: the Accelerator, its threads, DeepSpeed and FSDP settings, decisions made together,
 stop signals, logging."""

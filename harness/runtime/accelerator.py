@@ -12,7 +12,7 @@ from accelerate.utils import (DataLoaderConfiguration, DistributedType, FullySha
 
 from harness.errors import LaunchError
 from harness.runtime.deepspeed import configure_deepspeed
-from harness.runtime.fsdp import check_fsdp, fsdp_requested, select_fsdp
+from harness.runtime.fsdp import check_fsdp, fsdp_requested, fsdp_units, select_fsdp
 from harness.runtime.threads import cpu_threads
 
 
@@ -83,11 +83,15 @@ def distributed_type(accelerator: Accelerator) -> str:
 
 
 def environment(accelerator: Accelerator) -> dict:
-    """Where and how the processes run, as the log and the summary report it."""
-    return {
+    """Where and how the processes run, as the log and the summary report it (under FSDP, once the model is
+    prepared: what it shards on its own)."""
+    found = {
         "device": str(accelerator.device),
         "distributed_type": distributed_type(accelerator),
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "threads": torch.get_num_threads(),  # per process
     }
+    if accelerator.distributed_type == DistributedType.FSDP:
+        found["fsdp_units"] = fsdp_units(accelerator)
+    return found

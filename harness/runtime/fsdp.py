@@ -73,3 +73,44 @@ def fsdp_compute_dtype(accelerator: Accelerator) -> torch.dtype | None:
     if accelerator.distributed_type != DistributedType.FSDP or accelerator.state.fsdp_plugin.mixed_precision_policy is None:
         return None
     return accelerator.state.fsdp_plugin.mixed_precision_policy.param_dtype
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor FSDP shards (a DTensor), the storage itself; any other tensor whole."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def gathered(shard: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of which ``shard`` is this process's part, laid out as ``like`` (a DTensor FSDP shards);
+    ``shard`` itself when ``like`` is whole. Every process must call it for a DTensor (it gathers)."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(like, DTensor):
+        return shard
+    return DTensor.from_local(shard, like.device_mesh, like.placements, shape=like.shape,
+                              stride=like.stride()).full_tensor()
+
+
+def shard_of(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This process's part of ``whole``, as ``like`` (a DTensor FSDP shards) lays it out; ``whole`` itself when
+    ``like`` is whole. No communication: every process holds ``whole``."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor):
+        return whole
+    return distribute_tensor(whole.to(like.device), like.device_mesh, like.placements, src_data_rank=None).to_local()
+
+
+def fsdp_units(accelerator: Accelerator) -> str:
+    """What FSDP shards on its own, for the log and the summary (once the model is prepared)."""
+    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy, transformer_auto_wrap_policy
+
+    plugin = accelerator.state.fsdp_plugin
+    policy = getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy)
+    if policy is transformer_auto_wrap_policy and plugin.transformer_cls_names_to_wrap:
+        return "each " + ", each ".join(plugin.transformer_cls_names_to_wrap) + ", then the rest"
+    if policy is size_based_auto_wrap_policy:
+        return f"each module of over {plugin.min_num_params} parameters, then the rest"
+    return "the whole model as one"

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from accelerate.utils import DistributedType
-
 from harness.data import background
 from harness.data.check import refuse_bad_images
 from harness.errors import DataError, LaunchError, UnreadableImage, describe, one_line
@@ -52,7 +50,7 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.clip_grad_norm,
                                     cfg.train.batch_size)
     setup_logging(accelerator)
-    cfg.train.check_engine(zero_stage(accelerator), accelerator.distributed_type == DistributedType.FSDP)
+    cfg.train.check_engine(zero_stage(accelerator))
     lock = RunLock(first.rundir)
     lock.acquire(accelerator)
     try:

@@ -134,6 +134,8 @@ def _prepared(accelerator: Accelerator, cfg: Config, splits: DataSplits) -> tupl
 def _announce(rundir: RunDir, env: dict, splits: DataSplits, cfg: Config) -> list[str]:
     """Log where and on what the run trains, and warn of what the data check and the config noted (returned)."""
     distributed = "" if env["distributed_type"] == "NO" else f" ({env['distributed_type']})"
+    if "fsdp_units" in env:
+        distributed = f" (FSDP2, sharding {env['fsdp_units']})"
     logger.info(f"run {rundir.root}  ({env['num_processes']} process(es){distributed}, device {env['device']}, "
                 f"{env['threads']} thread(s) each, mixed precision {env['mixed_precision']})")
     logger.info(f"data {splits.root}: {len(splits.classes)} classes, "

@@ -1,5 +1,5 @@
 """FSDP2 with two CPU processes over gloo (launch_configs/fsdp.yaml), through the unchanged entry points: the same
-run as DDP, sharded checkpoints inside the harness's atomic folders, exact resume after a kill -9 in the middle of a
+run as DDP (weight average included), sharded checkpoints inside the harness's atomic folders, exact resume after a kill -9 in the middle of a
 sharded save, a resume with one process, consolidated weights that inference reads without FSDP, activation
 checkpointing without a change of result, and one-line refusals."""
 
@@ -13,15 +13,16 @@ import pytest
 import torch
 
 from harness.checkpointing.folders import read_pointer, verify
-from tests.helpers import (ACCELERATE, DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, history_metrics, marker,
-                           plant, pointer, rows, run_infer, run_train, summary, tree, weights)
+from tests.helpers import (ACCELERATE, DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, history_metrics,
+                           make_image_folder, marker, plant, pointer, rows, run_infer, run_train, summary, tree, weights)
 
 pytestmark = pytest.mark.slow
 
 # The GPU launch config, told two processes and full precision, as docs/launch.md shows for a machine without a GPU.
 FSDP = [*ACCELERATE, "-q", "--config_file", "launch_configs/fsdp.yaml", "--mixed_precision", "no", "--num_processes", "2"]
-# 10 updates per epoch on two processes, a step checkpoint every 4: mid-epoch checkpoints in both epochs.
-SETTINGS = [*FAST, "train.epochs=2", "checkpoint.every_n_steps=4"]
+# 10 updates per epoch on two processes, a step checkpoint every 4: mid-epoch checkpoints in both epochs. A weight
+# average, which under FSDP each process keeps of its own shards.
+SETTINGS = [*FAST, "train.epochs=2", "checkpoint.every_n_steps=4", "train.ema.decay=0.8"]
 # With clipping, the gradient norm is summed over the shards (FSDP) instead of over whole tensors (DDP): the same
 # terms in another order, a rounding difference of ~1e-7 that an epoch of updates carries to ~1e-4 in the weights.
 # A wrong shard, a missing reduction or a double step moves them by 1e-2 or more.
@@ -38,14 +39,25 @@ def runs(env, tmp_path_factory):
     return out
 
 
+def averaged(run):
+    return [(r["ema_val_loss"], r["ema_val_acc"]) for r in rows(run / "history.csv")]
+
+
 def test_fsdp_trains_as_ddp_bit_for_bit_and_says_so(runs):
     """Without clipping, FSDP and DDP compute the same numbers: each process's gradients are averaged over two
-    processes ((a + b) / 2 either way) and the optimizer's update is element-wise, shard or whole tensor."""
+    processes ((a + b) / 2 either way), the optimizer's update and the weight average are element-wise, shard or
+    whole tensor."""
     fsdp = runs / "fsdp"
     s = summary(fsdp)
     assert s["status"] == "completed" and s["distributed_type"] == "FSDP" and s["num_processes"] == 2
-    assert "2 process(es) (FSDP)" in (fsdp / "train.log").read_text()
-    assert history_metrics(fsdp) == history_metrics(runs / "ddp")
+    assert "2 process(es) (FSDP2, sharding the whole model as one)" in (fsdp / "train.log").read_text()
+    assert s["fsdp_units"] == "the whole model as one"  # compact_cnn's blocks are plain Sequentials
+    assert history_metrics(fsdp) == history_metrics(runs / "ddp") and averaged(fsdp) == averaged(runs / "ddp")
+    # The average's shards are gathered into the checkpoint whole, as DDP's process holds it.
+    ddp_average, fsdp_average = (torch.load(pointer(run) / "custom_checkpoint_0.pkl", weights_only=True)
+                                 for run in (runs / "ddp", fsdp))
+    assert ddp_average["updates"] == fsdp_average["updates"] == 20
+    assert all(torch.equal(ddp_average["averages"][k], fsdp_average["averages"][k]) for k in ddp_average["averages"])
     assert_same_weights(runs / "ddp" / "weights" / "last.safetensors", fsdp / "weights" / "last.safetensors")
     assert_same_weights(runs / "ddp" / "weights" / "best.safetensors", fsdp / "weights" / "best.safetensors")
     # Sharded checkpoints (one file per process, torch.distributed.checkpoint) in the harness's verified folders.
@@ -73,6 +85,7 @@ def test_with_clipping_fsdp_stays_within_float_noise_of_ddp(env, tmp_path):
 
 def test_activation_checkpointing_changes_nothing_but_memory(runs):
     assert history_metrics(runs / "checkpointed") == history_metrics(runs / "fsdp")
+    assert averaged(runs / "checkpointed") == averaged(runs / "fsdp")
     assert_same_weights(runs / "fsdp" / "weights" / "last.safetensors", runs / "checkpointed" / "weights" / "last.safetensors")
 
 
@@ -96,7 +109,7 @@ def test_a_kill_9_during_a_sharded_save_leaves_the_last_checkpoint_and_the_run_r
     # uninterrupted run did, bit for bit.
     again = run_train(command[len(FSDP) + 1:], env, launcher=FSDP)
     assert "left by a save that did not finish" in again.stdout and f"resumed from {run / 'checkpoints' / named}" in again.stdout
-    assert history_metrics(run) == history_metrics(runs / "fsdp")
+    assert history_metrics(run) == history_metrics(runs / "fsdp") and averaged(run) == averaged(runs / "fsdp")
     assert_same_weights(runs / "fsdp" / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
 
 
@@ -166,8 +179,14 @@ def test_a_sharded_checkpoint_is_refused_by_another_launch_and_cannot_run_code(r
     assert f"error: {pointer(run)}: cannot load it (UnpicklingError: posix.system is not allowed" in refused.stderr
 
 
-def test_fsdp_refuses_a_weight_average(env, tmp_path):
-    refused = run_train(["--config", DIGITS, "--output-dir", tmp_path, *SETTINGS, "train.ema.decay=0.9"], env,
-                        launcher=FSDP, check=False)
-    assert refused.returncode != 0 and "error: train.ema: not possible under FSDP" in refused.stderr
-    assert not (tmp_path / "digits").exists()
+def test_the_vit_recipe_trains_each_encoder_block_as_a_unit_with_its_activations_recomputed(env, tmp_path):
+    """configs/imagefolder_vit_fsdp.yaml as shipped, only the ViT made small (the same class and code path)."""
+    make_image_folder(tmp_path / "images", classes=2, per_class=12, size=32)
+    small = ["data.image_size=32", "model.kwargs={image_size: 32, patch_size: 8, num_layers: 2, num_heads: 2, "
+             "hidden_dim: 16, mlp_dim: 32}", "train.epochs=1", "train.batch_size=4", "data.num_workers=0"]
+    result = run_train(["--config", REPO / "configs" / "imagefolder_vit_fsdp.yaml", "--output-dir", tmp_path,
+                        "--run-name", "vit", f"data.root={tmp_path / 'images'}", *small], env, launcher=FSDP)
+    assert "2 process(es) (FSDP2, sharding each EncoderBlock, then the rest)" in result.stdout
+    s = summary(tmp_path / "vit")
+    assert s["status"] == "completed" and s["fsdp_units"] == "each EncoderBlock, then the rest"
+    assert "activation_checkpointing: true" in (tmp_path / "vit" / "config.yaml").read_text()
