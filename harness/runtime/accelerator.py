@@ -25,6 +25,8 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
     # even when alone: one process is a group of one, whose sharded checkpoints load into any other count.
     on_cpu = not torch.cuda.is_available() and (launched > 1 or fsdp_requested())
     handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu else []
+    if on_cpu:  # what DeepSpeed finds by itself without a GPU, said, so that it does not warn of it on every process
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # (accelerate imports it under FSDP too, wherever installed)
     cpu_fsdp = FullyShardedDataParallelPlugin() if on_cpu and fsdp_requested() else None
     accelerator = Accelerator(
         # accelerate's torchrun path (multi_gpu, cpu_ddp and fsdp launch configs) does not pass use_cpu on:

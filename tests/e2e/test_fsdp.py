@@ -4,6 +4,7 @@ sharded save, a resume with one process, consolidated weights that inference rea
 checkpointing without a change of result, and one-line refusals."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,8 @@ def runs(env, tmp_path_factory):
     common = ["--config", DIGITS, "--output-dir", out, *SETTINGS]
     for name, launcher, extra in (("ddp", DDP, []), ("fsdp", FSDP, []),
                                   ("checkpointed", FSDP, ["model.activation_checkpointing=true"])):
-        (out / f"{name}.out").write_text(run_train([*common, "--run-name", name, *extra], env, launcher=launcher).stdout)
+        result = run_train([*common, "--run-name", name, *extra], env, launcher=launcher)
+        (out / f"{name}.out").write_text(result.stdout + result.stderr)
     return out
 
 
@@ -51,6 +53,8 @@ def test_fsdp_trains_as_ddp_bit_for_bit_and_says_so(runs):
     s = summary(fsdp)
     assert s["status"] == "completed" and s["distributed_type"] == "FSDP" and s["num_processes"] == 2
     assert "2 process(es) (FSDP2, sharding the whole model as one)" in (fsdp / "train.log").read_text()
+    console = (runs / "fsdp.out").read_text().splitlines()  # the harness's lines only, no library's warning
+    assert console and [line for line in console if not re.match(r"\d\d:\d\d:\d\d INFO (?!\[)", line)] == []
     assert s["fsdp_units"] == "the whole model as one"  # compact_cnn's blocks are plain Sequentials
     assert history_metrics(fsdp) == history_metrics(runs / "ddp") and averaged(fsdp) == averaged(runs / "ddp")
     # The average's shards are gathered into the checkpoint whole, as DDP's process holds it.
