@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on this machine (Debian's slurmctld, slurmd, slurm-client and munge), for the
-# `slurm` tests and for trying the scripts in slurm/ by hand. Needs root.
-#   bash scripts/slurm_local.sh install   # the Debian packages (what .ci/run does)
-#   bash scripts/slurm_local.sh start     # install if needed, start the daemons, wait for the node (about 8 s)
-#   bash scripts/slurm_local.sh stop      # cancel the jobs, stop the daemons this script started
+# A real SLURM cluster on this machine (Debian's slurmctld, slurmd, slurm-client and munge), for the `slurm`
+# tests and for trying the scripts in slurm/ by hand. Needs root.
+#   bash scripts/slurm_local.sh install            # the Debian packages (what .ci/run does)
+#   bash scripts/slurm_local.sh start              # install if needed, start the daemons, wait for the node (8 s)
+#   bash scripts/slurm_local.sh start --nodes 2    # the same, and two more nodes, each a host of its own
+#   bash scripts/slurm_local.sh stop               # cancel the jobs, stop the daemons this script started
+# The machine itself is the node of partition `debug` (the default). With --nodes 2, partition `two` holds
+# node1 and node2: each slurmd runs in a network namespace of its own (its own address, 10.77.0.11 and
+# 10.77.0.12, on a bridge with the machine at 10.77.0.1) and a UTS namespace (its own host name), so a job
+# across them meets over a network as on a cluster; they share the machine's file systems (as nodes share a
+# cluster's). /etc/hosts names them (between "# slurm_local" markers).
 # Idempotent: start does only what is missing. Settings chosen for tests (see slurm.conf below): requeued jobs
 # may start again after 10 s (AuthInfo=cred_expire; the default is 120 s), the scheduler runs every 5 s,
 # finished jobs stay visible to scontrol for 5 minutes. SLURM_LOCAL_PROCTRACK=cgroup uses the cgroup-v1 freezer
@@ -15,7 +21,10 @@ RUN_DIR=/run/slurm-local      # pid files of the daemons this script started: wh
 CONF=/etc/slurm/slurm.conf
 LOG_DIR=/var/log/slurm
 STATE_DIR=/var/spool/slurmctld
-SPOOL_DIR=/var/spool/slurmd
+SPOOL_DIR=/var/spool/slurmd   # one per node: slurmd-<node>
+BRIDGE=slurm-br0
+NET=10.77.0                   # the bridge's network: the machine .1, nodeN .1N
+HOSTS_MARK="# slurm_local"
 
 log() { echo "[slurm_local $(date +%T)] $*"; }
 die() { echo "[slurm_local $(date +%T)] error: $*" >&2; exit 1; }
@@ -38,22 +47,23 @@ wait_alive() {  # wait_alive PIDFILE NAME SECONDS
 
 install_packages() {
     local missing=0 b
-    for b in slurmctld slurmd sbatch srun scontrol munged; do command -v "$b" >/dev/null || missing=1; done
+    for b in slurmctld slurmd sbatch srun scontrol munged ip nsenter unshare; do command -v "$b" >/dev/null || missing=1; done
     [ "$missing" = 1 ] || return 0
-    [ "$(id -u)" = 0 ] || die "installing SLURM needs root (apt-get install slurmctld slurmd slurm-client munge)"
-    log "installing slurmctld slurmd slurm-client munge (Debian)"
+    [ "$(id -u)" = 0 ] || die "installing SLURM needs root (apt-get install slurmctld slurmd slurm-client munge iproute2)"
+    log "installing slurmctld slurmd slurm-client munge iproute2 util-linux (Debian)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+    apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge iproute2 util-linux >/dev/null
 }
 
-write_conf() {
-    local host=$1 proctrack=$2 new
+write_conf() {  # write_conf HOST PROCTRACK NODES: 1 if the config is unchanged
+    local host=$1 proctrack=$2 nodes=$3 new controller=127.0.0.1
+    [ "$nodes" = 2 ] && controller=$NET.1  # reachable from the namespaced nodes too
     new=$(mktemp)
     cat > "$new" <<CONF
-# Written by scripts/slurm_local.sh: a one-node cluster on localhost for tests.
+# Written by scripts/slurm_local.sh: a cluster on this machine for tests.
 ClusterName=localci
-SlurmctldHost=${host}(127.0.0.1)
+SlurmctldHost=${host}(${controller})
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort=6817
@@ -62,11 +72,11 @@ AuthType=auth/munge
 CryptoType=crypto/munge
 AuthInfo=cred_expire=10
 StateSaveLocation=${STATE_DIR}
-SlurmdSpoolDir=${SPOOL_DIR}
+SlurmdSpoolDir=${SPOOL_DIR}-%n
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=${LOG_DIR}/slurmctld.log
-SlurmdLogFile=${LOG_DIR}/slurmd.log
+SlurmdLogFile=${LOG_DIR}/slurmd-%n.log
 MailProg=/bin/true
 ProctrackType=proctrack/${proctrack}
 TaskPlugin=task/none
@@ -83,19 +93,94 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 # More CPUs than the machine has (at least 8), so that the tests' one-CPU jobs run side by side.
 SlurmdParameters=config_overrides
-NodeName=${host} NodeAddr=127.0.0.1 CPUs=$(( $(nproc) > 8 ? $(nproc) : 8 )) RealMemory=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo) State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+NodeName=${host} NodeAddr=127.0.0.1 CPUs=$(cpus) RealMemory=$(memory) State=UNKNOWN
+PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
 CONF
+    if [ "$nodes" = 2 ]; then
+        for n in 1 2; do
+            echo "NodeName=node$n NodeAddr=$NET.1$n CPUs=$(cpus) RealMemory=$(memory) State=UNKNOWN" >> "$new"
+        done
+        echo "PartitionName=two Nodes=node1,node2 MaxTime=INFINITE State=UP" >> "$new"
+    fi
     if [ "$proctrack" = cgroup ]; then
         printf 'CgroupPlugin=cgroup/v1\nCgroupAutomount=no\n' > /etc/slurm/cgroup.conf
     fi
     if cmp -s "$new" "$CONF"; then rm -f "$new"; return 1; fi
     install -m 644 "$new" "$CONF"
     rm -f "$new"
-    log "wrote $CONF (node $host, proctrack/$proctrack)"
+    log "wrote $CONF (node $host$([ "$nodes" = 2 ] && echo ", node1, node2"), proctrack/$proctrack)"
+}
+
+cpus() { echo $(( $(nproc) > 8 ? $(nproc) : 8 )); }
+memory() { awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo; }
+
+network() {  # the bridge, and node1's and node2's network namespaces on it; their names in /etc/hosts
+    local n
+    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+        ip link add "$BRIDGE" type bridge
+        ip addr add "$NET.1/24" dev "$BRIDGE"
+    fi
+    ip link set "$BRIDGE" up
+    for n in 1 2; do
+        if ! ip netns list | grep -qw "node$n"; then
+            ip netns add "node$n"
+            ip link add "slurm-veth$n" type veth peer name eth0 netns "node$n"
+            ip link set "slurm-veth$n" master "$BRIDGE"
+            ip netns exec "node$n" ip addr add "$NET.1$n/24" dev eth0
+        fi
+        ip link set "slurm-veth$n" up
+        ip netns exec "node$n" ip link set eth0 up
+        ip netns exec "node$n" ip link set lo up
+    done
+    sed -i "/$HOSTS_MARK\$/d" /etc/hosts
+    printf '%s\n' "$NET.11 node1 $HOSTS_MARK" "$NET.12 node2 $HOSTS_MARK" >> /etc/hosts
+}
+
+unnetwork() {
+    local n
+    sed -i "/$HOSTS_MARK\$/d" /etc/hosts
+    for n in 1 2; do
+        ip netns del "node$n" 2>/dev/null || true
+        ip link del "slurm-veth$n" 2>/dev/null || true
+    done
+    ip link del "$BRIDGE" 2>/dev/null || true
+}
+
+start_slurmd() {  # start_slurmd NODE [NETNS]: a slurmd for NODE, in NETNS and a host name of its own if given
+    local pidfile=/run/slurmd-$1.pid
+    alive "$pidfile" slurmd && return 0
+    rm -f "$pidfile"
+    mkdir -p "$SPOOL_DIR-$1"
+    if [ -n "${2:-}" ]; then
+        # nsenter, not ip netns exec: that one mounts a /sys of its own, without the cgroup file system slurmd needs
+        nsenter --net="/run/netns/$2" unshare --uts sh -c "hostname $1 && exec slurmd -N $1"
+    else
+        slurmd -N "$1"
+    fi
+    wait_alive "$pidfile" slurmd 15 || { tail -20 "$LOG_DIR/slurmd-$1.log" >&2; die "slurmd of $1 did not start"; }
+    cp "$pidfile" "$RUN_DIR/slurmd-$1.pid"
+}
+
+wait_up() {  # wait_up NODE
+    local state="" resumed=0 i
+    for ((i = 0; i < 120; i++)); do
+        state=$(sinfo -h -n "$1" -o %T 2>/dev/null | head -1 || true)
+        case "$state" in
+            idle|mixed|allocated|completing) log "node $1 is $state"; return 0 ;;
+            down*|drain*|fail*|inval*)
+                [ "$resumed" = 1 ] || scontrol update NodeName="$1" State=RESUME >/dev/null 2>&1 || true
+                resumed=1 ;;
+        esac
+        sleep 0.5
+    done
+    tail -20 "$LOG_DIR/slurmd-$1.log" >&2 || true
+    die "node $1 is not up after 60 s (state '$state')"
 }
 
 start() {
+    local nodes=1
+    [ "${1:-}" = --nodes ] && nodes=${2:-}
+    case "$nodes" in 1|2) ;; *) die "start [--nodes 1|2]" ;; esac
     [ "$(id -u)" = 0 ] || die "starting SLURM daemons needs root"
     install_packages
     mkdir -p "$RUN_DIR" /etc/slurm "$LOG_DIR" "$STATE_DIR" "$SPOOL_DIR"
@@ -114,11 +199,12 @@ start() {
         wait_alive /run/munge/munged.pid munged 10 || die "munged did not start (/var/log/munge/munged.log)"
         cp /run/munge/munged.pid "$RUN_DIR/munged.pid"
     fi
-    local host proctrack=${SLURM_LOCAL_PROCTRACK:-linuxproc}
+    local host proctrack=${SLURM_LOCAL_PROCTRACK:-linuxproc} node
     host=$(hostname -s)
     [ "$proctrack" = cgroup ] && [ ! -d /sys/fs/cgroup/freezer ] && proctrack=linuxproc
-    if write_conf "$host" "$proctrack"; then  # a new config: daemons started with another one must restart
-        stop_daemon slurmd /run/slurmd.pid
+    [ "$nodes" = 2 ] && network
+    if write_conf "$host" "$proctrack" "$nodes"; then  # a new config: daemons started with another one restart
+        stop_slurmds
         stop_daemon slurmctld /run/slurmctld.pid
     fi
     if ! alive /run/slurmctld.pid slurmctld; then
@@ -129,25 +215,20 @@ start() {
     fi
     local i
     for ((i = 0; i < 150; i++)); do scontrol ping >/dev/null 2>&1 && break; sleep 0.2; done
-    if ! alive /run/slurmd.pid slurmd; then
-        rm -f /run/slurmd.pid
-        slurmd
-        wait_alive /run/slurmd.pid slurmd 15 || { tail -20 "$LOG_DIR/slurmd.log" >&2; die "slurmd did not start"; }
-        cp /run/slurmd.pid "$RUN_DIR/slurmd.pid"
+    start_slurmd "$host"
+    if [ "$nodes" = 2 ]; then
+        for node in node1 node2; do start_slurmd "$node" "$node"; done
     fi
-    local state="" resumed=0
-    for ((i = 0; i < 120; i++)); do
-        state=$(sinfo -h -n "$host" -o %T 2>/dev/null | head -1 || true)
-        case "$state" in
-            idle|mixed|allocated|completing) log "cluster up: node $host is $state"; return 0 ;;
-            down*|drain*|fail*|inval*)
-                [ "$resumed" = 1 ] || scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true
-                resumed=1 ;;
-        esac
-        sleep 0.5
+    for node in "$host" $([ "$nodes" = 2 ] && echo node1 node2); do wait_up "$node"; done
+    log "cluster up"
+}
+
+stop_slurmds() {
+    local pidfile
+    for pidfile in "$RUN_DIR"/slurmd*.pid; do
+        [ -e "$pidfile" ] && stop_daemon slurmd "$pidfile"
     done
-    tail -20 "$LOG_DIR/slurmd.log" >&2 || true
-    die "node $host is not up after 60 s (state '$state')"
+    return 0
 }
 
 stop_daemon() {  # stop_daemon NAME PIDFILE
@@ -170,16 +251,17 @@ stop() {
             for ((i = 0; i < 90; i++)); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 1; done
         fi
     fi
-    stop_daemon slurmd "$RUN_DIR/slurmd.pid"
+    stop_slurmds
     stop_daemon slurmctld "$RUN_DIR/slurmctld.pid"
     stop_daemon munged "$RUN_DIR/munged.pid"
     rm -f "$RUN_DIR"/*.pid
+    unnetwork
     log "stopped"
 }
 
 case "${1:-}" in
     install) install_packages ;;
-    start) start ;;
+    start) shift; start "$@" ;;
     stop) stop ;;
-    *) echo "usage: $0 install|start|stop" >&2; exit 2 ;;
+    *) echo "usage: $0 install | start [--nodes 2] | stop" >&2; exit 2 ;;
 esac

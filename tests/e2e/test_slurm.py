@@ -1,5 +1,6 @@
 """SLURM: the scripts in slurm/, submitted with sbatch as the README shows, on a real local cluster
-(scripts/slurm_local.sh: slurmctld, slurmd and munge on this machine, started here when none answers).
+(scripts/slurm_local.sh start --nodes 2: slurmctld, slurmd and munge on this machine, started here when none
+answers; the multi-node jobs run on partition `two`, two nodes with host names and addresses of their own).
 
 Every job of the module is submitted at once by the ``jobs`` fixture and they run side by side (the test
 cluster has more CPU slots than cores): most of a job's life is waiting for SLURM (the time-limit tick, the
@@ -37,6 +38,9 @@ SHORT = [*FAST, "train.epochs=2"]
 
 
 ONE_CPU = ["--cpus-per-task=1"]  # each job's processes use one thread: the jobs share the machine's cores
+
+
+TWO_NODES = ["--partition=two", "--nodes=2"]  # node1 and node2 (scripts/slurm_local.sh start --nodes 2)
 
 
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
@@ -98,7 +102,7 @@ def cluster():
         return
     if os.geteuid() != 0 and not os.environ.get("CI"):
         pytest.skip("no SLURM controller answers, and starting one (scripts/slurm_local.sh start) needs root")
-    subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start"], check=True, timeout=600)
+    subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start", "--nodes", "2"], check=True, timeout=600)
     yield
     subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "stop"], timeout=300)
 
@@ -158,20 +162,21 @@ def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
     sweep.write_text("grid:\n  optim.lr: [0.003, 0.001]\n")
     submitted = {
         "complete": sbatch("train.sh", [DIGITS, *LONG], [], env, out),
-        # The time-limit signal comes at SLURM's next 30-second tick after "2 minutes - 60 s", in the training:
-        # the first epoch ends within the minute and waits there for it (HARNESS_PAUSE_AT=epoch).
-        "time_limit": sbatch("train.sh", [DIGITS, *LONG], ["--time=2", "--signal=B:USR1@60"], env, out,
+        # The time-limit signal comes at SLURM's next 30-second tick after "3 minutes - 60 s", in the training:
+        # the first epoch ends within two minutes, every job of the module starting at once on the machine's
+        # cores, and waits there for it (HARNESS_PAUSE_AT=epoch).
+        "time_limit": sbatch("train.sh", [DIGITS, *LONG], ["--time=3", "--signal=B:USR1@60"], env, out,
                              HARNESS_PAUSE_AT="epoch"),
         # With a loader worker: SLURM's SIGTERM reaches it too, and it must keep serving until the save.
         "preempted": sbatch("train.sh", [DIGITS, *LONG, "data.num_workers=1"], [], env, out),
-        "machines": sbatch("train_multinode.sh", [DIGITS, *SHORT], ["--nodes=1", "--ntasks-per-node=2"], env, out),
+        "machines": sbatch("train_multinode.sh", [DIGITS, *SHORT], TWO_NODES, env, out),
         "one_node_ddp": sbatch("train.sh", [DIGITS, *SHORT], ["--ntasks=2"], env, out),
         "typo": sbatch("train.sh", [DIGITS, "optim.lrr=0.1"], [], env, out),
     }
     if importlib.util.find_spec("deepspeed"):
         submitted["deepspeed_machines"] = sbatch(
-            "train_multinode.sh", [DIGITS, *SHORT, "train.mixed_precision=no"], ["--nodes=1", "--ntasks-per-node=2"],
-            env, out, LAUNCH_CONFIG="launch_configs/deepspeed_zero2.yaml")
+            "train_multinode.sh", [DIGITS, *SHORT, "train.mixed_precision=no"], TWO_NODES, env, out,
+            LAUNCH_CONFIG="launch_configs/deepspeed_zero2.yaml")
     # The time-limit job's second attempt gets time to finish: the cycle under test is the first one.
     threading.Thread(target=extend_after_first_requeue, args=(submitted["time_limit"],), daemon=True).start()
     array = sbatch("sweep.sh", [DIGITS, sweep, *SHORT], ["--array=0-1"], env, out)
@@ -240,9 +245,9 @@ def test_the_time_limit_signal_checkpoints_requeues_and_the_next_attempt_finishe
 
 
 def test_two_machines_train_through_multi_node_yaml_like_two_processes_on_one_node(jobs):
-    """Two srun tasks stand for two machines (machine ranks 0 and 1, meeting over gloo at the first host),
-    stopped by SIGUSR1 in the second epoch (the batch shell relays it to both machines' training processes),
-    requeued and resumed: the same weights as a 2-process run of slurm/train.sh on one node."""
+    """Two nodes, each its own host (name, address, network namespace): machine ranks 0 and 1 meet over gloo at the
+    first one, are stopped by SIGUSR1 in the second epoch (the batch shell relays it to both machines' training
+    processes), requeued and resumed: the same weights as a 2-process run of slurm/train.sh on one node."""
     machines, ddp = jobs["machines"], jobs["one_node_ddp"]
     for job in (machines, ddp):
         info = job.wait()
@@ -251,7 +256,8 @@ def test_two_machines_train_through_multi_node_yaml_like_two_processes_on_one_no
     log = machines.log()
     assert "requeueing job" in log and "resumed from" in log, log
     assert "CANCELLED" not in log.split("requeueing job")[0], log  # a requested stop ends no machine's step early
-    assert log.count("machine 0 of 2") == log.count("machine 1 of 2") == 2, log
+    assert log.count("machine 0 of 2 on node1") == log.count("machine 1 of 2 on node2") == 2, log
+    assert "main node1:" in log, log
     assert "(2 process(es) (MULTI_CPU), device cpu" in log, log
     assert log.count("launch_configs/multi_node.yaml") == 4, log  # two machines, two attempts
     assert "launch_configs/cpu_ddp.yaml --num_processes 2" in ddp.log()
@@ -269,8 +275,8 @@ def test_deepspeed_across_machines_goes_through_the_same_script(jobs):
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.log()
     log = job.log()
     for rank in (0, 1):
-        assert (f"machine {rank} of 2 on" in log and "deepspeed_zero2.yaml --deepspeed_multinode_launcher standard"
-                in log), log
+        assert (f"machine {rank} of 2 on node{rank + 1}" in log
+                and "deepspeed_zero2.yaml --deepspeed_multinode_launcher standard" in log), log
     trained = summary(job.run_dir())
     assert (trained["status"], trained["distributed_type"], trained["num_processes"]) == ("completed", "DEEPSPEED", 2)
 
