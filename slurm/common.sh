@@ -45,6 +45,24 @@ load_site() {
     . slurm/site.sh || die "slurm/site.sh failed (exit status $?): fix it, or move it away to run without it"
 }
 
+# check_addresses MAIN_HOST OWN_HOST: before a launch across nodes, on each of them. The other nodes reach the
+# main node by its name, and this node's processes by the address its own name resolves to (gloo binds there
+# unless GLOO_SOCKET_IFNAME names an interface): a name that resolves to a loopback address (Debian's /etc/hosts
+# maps a host's own name to 127.0.1.1) or to nothing would leave every node waiting for the others until a
+# timeout. One line naming the node and the name instead, at once.
+check_addresses() {
+    local main=$1 own=$2 name address
+    for name in "$main" $([ -z "${GLOO_SOCKET_IFNAME:-}" ] && echo "$own"); do
+        address=$(getent ahostsv4 "$name" 2>/dev/null | awk 'NR == 1 {print $1}')
+        [ -n "$address" ] || die "node $own: the name $name does not resolve here: add it to /etc/hosts or DNS"
+        case "$address" in
+            127.*) die "node $own: the name $name resolves to $address, a loopback address the other nodes cannot" \
+                "reach: map $name to its network address in /etc/hosts or DNS$([ "$name" = "$own" ] && echo \
+                ", or set GLOO_SOCKET_IFNAME to this node's interface (slurm/site.sh)")" ;;
+        esac
+    done
+}
+
 # The job's own name for its run directory and log: the array task for arrays, else the job id.
 job_tag() {
     if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then echo "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; else echo "${SLURM_JOB_ID}"; fi

@@ -8,6 +8,7 @@ load_site  # this node's own shell: its modules and variables too
 machines=${SLURM_NTASKS:?launch_machine.sh runs inside srun}
 rank=${SLURM_PROCID:?launch_machine.sh runs inside srun}  # read here, in the task: each task has its own
 main_host=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+[ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ] && check_addresses "$main_host" "$(hostname)"
 port=${MAIN_PROCESS_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}
 config_file=${LAUNCH_CONFIG:-launch_configs/multi_node.yaml}
 per_machine=$(processes_per_node 1)

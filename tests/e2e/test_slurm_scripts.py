@@ -144,3 +144,26 @@ def test_a_site_file_is_sourced_from_the_repository_before_its_venv_and_a_failin
     failed = in_job(check, HARNESS_DIR=str(repo))
     assert failed.returncode == 2 and failed.stderr.strip() == (
         "error: slurm/site.sh failed (exit status 1): fix it, or move it away to run without it")
+
+
+@pytest.mark.parametrize("names, message", [
+    ("localhost some-node", "node some-node: the name localhost resolves to 127.0.0.1, a loopback address the "
+                            "other nodes cannot reach: map localhost to its network address in /etc/hosts or DNS"),
+    ("no-such-node.invalid localhost", "node localhost: the name no-such-node.invalid does not resolve here: add it "
+                                       "to /etc/hosts or DNS"),
+])
+def test_a_main_node_name_that_resolves_to_loopback_or_nothing_ends_a_multi_node_launch_in_one_line(names, message):
+    """Before a launch across nodes (slurm/launch_machine.sh), each node checks the names the others will use."""
+    result = in_job(f". slurm/common.sh; check_addresses {names}")
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {message}", result.stderr
+
+
+def test_a_node_whose_own_name_is_loopback_is_named_with_the_way_out():
+    """gloo binds where the node's own name resolves: a loopback address there is refused too, unless
+    GLOO_SOCKET_IFNAME names the interface to use."""
+    result = in_job(". slurm/common.sh; check_addresses 10.77.0.11 localhost")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: node localhost: the name localhost resolves to 127.0.0.1, a loopback address the other nodes cannot "
+        "reach: map localhost to its network address in /etc/hosts or DNS, or set GLOO_SOCKET_IFNAME to this "
+        "node's interface (slurm/site.sh)"), result.stderr
+    assert in_job(". slurm/common.sh; check_addresses 10.77.0.11 localhost", GLOO_SOCKET_IFNAME="eth0").returncode == 0
