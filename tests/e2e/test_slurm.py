@@ -154,6 +154,20 @@ def signal_after(job: Job, pattern: str) -> None:
     subprocess.run(["scancel", "--signal=USR1", "--batch", job.id], capture_output=True)
 
 
+def kill_rank_after(job: Job, rank: int, pattern: str) -> None:
+    """SIGKILL the training process of ``rank`` (not its launcher) once ``pattern`` is in the job's output."""
+    job.wait_for_log(pattern)
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (f"SLURM_JOB_ID={job.id}".encode() in environ and f"RANK={rank}".encode() in environ
+                and b"harness/train.py" in command and b"launch" not in command):  # the worker, not torchrun
+            os.kill(int(proc.name), 9)
+
+
 @pytest.fixture(scope="module")
 def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
     """Every job of this module, submitted together."""
@@ -182,6 +196,9 @@ def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
     array = sbatch("sweep.sh", [DIGITS, sweep, *SHORT], ["--array=0-1"], env, out)
     for task in (0, 1):
         submitted[f"sweep_{task}"] = Job(f"{array.id}_{task}", out / f"slurm-{array.id}_{task}.out", out / "runs")
+    # A node's training process killed (an OOM kill, a crash) in the second epoch: the other node must not wait.
+    submitted["node_lost"] = sbatch("train_multinode.sh", [DIGITS, *LONG], TWO_NODES, env, out)
+    threading.Thread(target=kill_rank_after, args=(submitted["node_lost"], 1, r"epoch 2/16 "), daemon=True).start()
     # An array task requeues itself as an array task; a multi-node job relays the signal to every machine.
     for name in ("sweep_1", "machines"):
         threading.Thread(target=signal_after, args=(submitted[name], r"epoch 1/2 "), daemon=True).start()
@@ -309,3 +326,18 @@ def test_a_user_error_fails_the_job_with_one_line_and_no_requeue(jobs):
     errors = [line for line in job.log().splitlines() if line.startswith("error:")]
     assert errors == [f"error: {DIGITS}: optim.lrr: unknown key (did you mean 'optim.lr'?)"], job.log()
     assert "Traceback" not in job.log() and "requeue" not in job.log()
+
+
+def test_a_killed_training_process_on_one_node_ends_the_job_on_every_node(jobs):
+    """The other node's training sees its peer gone at its next collective and ends with one line saying so; srun
+    ends the step on every node; the job fails (a crash is not a stop signal: no requeue), its last checkpoint
+    intact for the same command, and no process of it outlives it."""
+    job = jobs["node_lost"]
+    info = job.wait()
+    assert (info["JobState"], info["Restarts"]) == ("FAILED", "0"), job.log()
+    log = job.log()
+    assert "error: another process of the run ended (its error is above)" in log, log
+    assert "requeueing" not in log, log
+    trained = summary(job.run_dir())
+    assert trained["status"] == "failed" and trained["error"].startswith("another process of the run ended"), trained
+    assert (job.run_dir() / "checkpoints" / "latest").exists()
