@@ -4,7 +4,8 @@
 #   bash scripts/slurm_local.sh install            # the Debian packages (what .ci/run does)
 #   bash scripts/slurm_local.sh start              # install if needed, start the daemons, wait for the node (8 s)
 #   bash scripts/slurm_local.sh start --nodes 2    # the same, and two more nodes, each a host of its own
-#   bash scripts/slurm_local.sh stop               # cancel the jobs, stop the daemons this script started
+#   bash scripts/slurm_local.sh stop [--network]   # cancel the jobs, stop the daemons this script started; with
+#                                                  # --network, remove the two nodes' namespaces, bridge and names
 # The machine itself is the node of partition `debug` (the default). With --nodes 2, partition `two` holds
 # node1 and node2: each slurmd runs in a network namespace of its own (its own address, 10.77.0.11 and
 # 10.77.0.12, on a bridge with the machine at 10.77.0.1) and a UTS namespace (its own host name), so a job
@@ -255,13 +256,15 @@ stop() {
     stop_daemon slurmctld "$RUN_DIR/slurmctld.pid"
     stop_daemon munged "$RUN_DIR/munged.pid"
     rm -f "$RUN_DIR"/*.pid
-    unnetwork
+    # The namespaces stay unless asked (start reuses them): the tests stop the cluster while other tests' processes
+    # still talk over this machine's network, which is not a moment to reconfigure it.
+    [ "${1:-}" = --network ] && unnetwork
     log "stopped"
 }
 
 case "${1:-}" in
     install) install_packages ;;
     start) shift; start "$@" ;;
-    stop) stop ;;
-    *) echo "usage: $0 install | start [--nodes 2] | stop" >&2; exit 2 ;;
+    stop) shift; stop "$@" ;;
+    *) echo "usage: $0 install | start [--nodes 2] | stop [--network]" >&2; exit 2 ;;
 esac
