@@ -7,8 +7,13 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import (DataLoaderConfiguration, DistributedType, FullyShardedDataParallelPlugin,
-                               InitProcessGroupKwargs, get_int_from_env)
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    InitProcessGroupKwargs,
+    get_int_from_env,
+)
 
 from harness.errors import LaunchError
 from harness.runtime.deepspeed import configure_deepspeed
@@ -94,6 +99,7 @@ def environment(accelerator: Accelerator) -> dict:
         "mixed_precision": accelerator.mixed_precision,
         "threads": torch.get_num_threads(),  # per process
     }
-    if accelerator.distributed_type == DistributedType.FSDP:
-        found["fsdp_units"] = fsdp_units(accelerator)
+    units = fsdp_units(accelerator)
+    if units is not None:
+        found["fsdp_units"] = units
     return found

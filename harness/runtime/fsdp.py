@@ -26,6 +26,11 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+def fsdp_plugin(accelerator: Accelerator) -> FullyShardedDataParallelPlugin | None:
+    """The run's FSDP plugin; None without FSDP."""
+    return accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
+
+
 def select_fsdp(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugin) -> None:
     """Make FSDP the distributed type of processes that met over gloo (MULTI_CPU), as accelerate's
     ``AcceleratorState`` does for processes on accelerators: the plugin (built, as accelerate builds it, from the
@@ -44,9 +49,9 @@ def check_fsdp(accelerator: Accelerator) -> None:
     """What the harness refuses of an FSDP launch config: FSDP1, and accelerate's own activation checkpointing,
     which would wrap the blocks a second time (the run config's ``model.activation_checkpointing`` says it, for
     every launch)."""
-    if accelerator.distributed_type != DistributedType.FSDP:
+    plugin = fsdp_plugin(accelerator)
+    if plugin is None:
         return
-    plugin = accelerator.state.fsdp_plugin
     if plugin.fsdp_version != 2:
         raise LaunchError(f"the launch config asks for FSDP version {plugin.fsdp_version}: the harness runs FSDP2; "
                           "set fsdp_version: 2 under fsdp_config (launch_configs/fsdp.yaml)")
@@ -61,18 +66,19 @@ def shard_blocks(accelerator: Accelerator, classes: list[str]) -> None:
     config names (fsdp_transformer_layer_cls_to_wrap) are kept. Nothing otherwise."""
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-    if accelerator.distributed_type != DistributedType.FSDP:
+    plugin = fsdp_plugin(accelerator)
+    if plugin is None:
         return
-    plugin = accelerator.state.fsdp_plugin
     if plugin.auto_wrap_policy is transformer_auto_wrap_policy and plugin.transformer_cls_names_to_wrap is None:
         plugin.transformer_cls_names_to_wrap = classes
 
 
 def fsdp_compute_dtype(accelerator: Accelerator) -> torch.dtype | None:
     """The dtype FSDP's mixed precision gathers the parameters in to compute (None without it)."""
-    if accelerator.distributed_type != DistributedType.FSDP or accelerator.state.fsdp_plugin.mixed_precision_policy is None:
+    plugin = fsdp_plugin(accelerator)
+    if plugin is None or plugin.mixed_precision_policy is None:
         return None
-    return accelerator.state.fsdp_plugin.mixed_precision_policy.param_dtype
+    return plugin.mixed_precision_policy.param_dtype
 
 
 def local_shard(tensor: torch.Tensor) -> torch.Tensor:
@@ -103,11 +109,13 @@ def shard_of(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(whole.to(like.device), like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
-def fsdp_units(accelerator: Accelerator) -> str:
-    """What FSDP shards on its own, for the log and the summary (once the model is prepared)."""
+def fsdp_units(accelerator: Accelerator) -> str | None:
+    """What FSDP shards on its own, for the log and the summary (once the model is prepared); None without FSDP."""
     from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy, transformer_auto_wrap_policy
 
-    plugin = accelerator.state.fsdp_plugin
+    plugin = fsdp_plugin(accelerator)
+    if plugin is None:
+        return None
     policy = getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy)
     if policy is transformer_auto_wrap_policy and plugin.transformer_cls_names_to_wrap:
         return "each " + ", each ".join(plugin.transformer_cls_names_to_wrap) + ", then the rest"
