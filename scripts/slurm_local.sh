@@ -4,13 +4,16 @@
 #   bash scripts/slurm_local.sh install            # the Debian packages (what .ci/run does)
 #   bash scripts/slurm_local.sh start              # install if needed, start the daemons, wait for the node (8 s)
 #   bash scripts/slurm_local.sh start --nodes 2    # the same, and two more nodes, each a host of its own
+#   bash scripts/slurm_local.sh start --nodes 3    # and a third, whose own name resolves to a loopback address
 #   bash scripts/slurm_local.sh stop [--network]   # cancel the jobs, stop the daemons this script started; with
-#                                                  # --network, remove the two nodes' namespaces, bridge and names
+#                                                  # --network, remove the nodes' namespaces, bridge and names
 # The machine itself is the node of partition `debug` (the default). With --nodes 2, partition `two` holds
 # node1 and node2: each slurmd runs in a network namespace of its own (its own address, 10.77.0.11 and
 # 10.77.0.12, on a bridge with the machine at 10.77.0.1) and a UTS namespace (its own host name), so a job
 # across them meets over a network as on a cluster; they share the machine's file systems (as nodes share a
-# cluster's). /etc/hosts names them (between "# slurm_local" markers).
+# cluster's). /etc/hosts names them (between "# slurm_local" markers). With --nodes 3, partition `loopback`
+# holds node1 and node3 (10.77.0.13), whose slurmd sees an /etc/hosts of its own that maps node3 to 127.0.1.1,
+# as Debian's installer writes a host's own name: a job across nodes must refuse it in one line.
 # Idempotent: start does only what is missing. Settings chosen for tests (see slurm.conf below): requeued jobs
 # may start again after 10 s (AuthInfo=cred_expire; the default is 120 s), the scheduler runs every 5 s,
 # finished jobs stay visible to scontrol for 5 minutes. SLURM_LOCAL_PROCTRACK=cgroup uses the cgroup-v1 freezer
@@ -25,6 +28,7 @@ STATE_DIR=/var/spool/slurmctld
 SPOOL_DIR=/var/spool/slurmd   # one per node: slurmd-<node>
 BRIDGE=slurm-br0
 NET=10.77.0                   # the bridge's network: the machine .1, nodeN .1N
+LOOPBACK_NODE=node3           # with --nodes 3: its own name resolves to 127.0.1.1 on it
 HOSTS_MARK="# slurm_local"
 
 log() { echo "[slurm_local $(date +%T)] $*"; }
@@ -59,7 +63,7 @@ install_packages() {
 
 write_conf() {  # write_conf HOST PROCTRACK NODES: 1 if the config is unchanged
     local host=$1 proctrack=$2 nodes=$3 new controller=127.0.0.1
-    [ "$nodes" = 2 ] && controller=$NET.1  # reachable from the namespaced nodes too
+    [ "$nodes" -ge 2 ] && controller=$NET.1  # reachable from the namespaced nodes too
     new=$(mktemp)
     cat > "$new" <<CONF
 # Written by scripts/slurm_local.sh: a cluster on this machine for tests.
@@ -97,32 +101,34 @@ SlurmdParameters=config_overrides
 NodeName=${host} NodeAddr=127.0.0.1 CPUs=$(cpus) RealMemory=$(memory) State=UNKNOWN
 PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
 CONF
-    if [ "$nodes" = 2 ]; then
-        for n in 1 2; do
-            echo "NodeName=node$n NodeAddr=$NET.1$n CPUs=$(cpus) RealMemory=$(memory) State=UNKNOWN" >> "$new"
-        done
-        echo "PartitionName=two Nodes=node1,node2 MaxTime=INFINITE State=UP" >> "$new"
-    fi
+    local n
+    for n in $(seq 1 "$(namespaced "$nodes")"); do
+        echo "NodeName=node$n NodeAddr=$NET.1$n CPUs=$(cpus) RealMemory=$(memory) State=UNKNOWN" >> "$new"
+    done
+    [ "$nodes" -ge 2 ] && echo "PartitionName=two Nodes=node1,node2 MaxTime=INFINITE State=UP" >> "$new"
+    [ "$nodes" = 3 ] && echo "PartitionName=loopback Nodes=node1,$LOOPBACK_NODE MaxTime=INFINITE State=UP" >> "$new"
     if [ "$proctrack" = cgroup ]; then
         printf 'CgroupPlugin=cgroup/v1\nCgroupAutomount=no\n' > /etc/slurm/cgroup.conf
     fi
     if cmp -s "$new" "$CONF"; then rm -f "$new"; return 1; fi
     install -m 644 "$new" "$CONF"
     rm -f "$new"
-    log "wrote $CONF (node $host$([ "$nodes" = 2 ] && echo ", node1, node2"), proctrack/$proctrack)"
+    log "wrote $CONF (node $host$(for n in $(seq 1 "$(namespaced "$nodes")"); do echo -n ", node$n"; done), proctrack/$proctrack)"
 }
+
+namespaced() { echo $(( $1 >= 2 ? $1 : 0 )); }  # namespaced NODES: how many nodes besides the machine
 
 cpus() { echo $(( $(nproc) > 8 ? $(nproc) : 8 )); }
 memory() { awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo; }
 
-network() {  # the bridge, and node1's and node2's network namespaces on it; their names in /etc/hosts
+network() {  # network COUNT: the bridge, and node1 .. nodeCOUNT's network namespaces on it; their names in /etc/hosts
     local n
     if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
         ip link add "$BRIDGE" type bridge
         ip addr add "$NET.1/24" dev "$BRIDGE"
     fi
     ip link set "$BRIDGE" up
-    for n in 1 2; do
+    for n in $(seq 1 "$1"); do
         if ! ip netns list | grep -qw "node$n"; then
             ip netns add "node$n"
             ip link add "slurm-veth$n" type veth peer name eth0 netns "node$n"
@@ -134,13 +140,15 @@ network() {  # the bridge, and node1's and node2's network namespaces on it; the
         ip netns exec "node$n" ip link set lo up
     done
     sed -i "/$HOSTS_MARK\$/d" /etc/hosts
-    printf '%s\n' "$NET.11 node1 $HOSTS_MARK" "$NET.12 node2 $HOSTS_MARK" >> /etc/hosts
+    for n in $(seq 1 "$1"); do echo "$NET.1$n node$n $HOSTS_MARK"; done >> /etc/hosts
+    # The loopback node's own view: its name first, at 127.0.1.1, then what every host knows.
+    { echo "127.0.1.1 $LOOPBACK_NODE"; cat /etc/hosts; } > "$RUN_DIR/hosts-$LOOPBACK_NODE"
 }
 
 unnetwork() {
     local n
     sed -i "/$HOSTS_MARK\$/d" /etc/hosts
-    for n in 1 2; do
+    for n in 1 2 3; do
         ip netns del "node$n" 2>/dev/null || true
         ip link del "slurm-veth$n" 2>/dev/null || true
     done
@@ -152,7 +160,10 @@ start_slurmd() {  # start_slurmd NODE [NETNS]: a slurmd for NODE, in NETNS and a
     alive "$pidfile" slurmd && return 0
     rm -f "$pidfile"
     mkdir -p "$SPOOL_DIR-$1"
-    if [ -n "${2:-}" ]; then
+    if [ "$1" = "$LOOPBACK_NODE" ]; then  # and a mount namespace, for an /etc/hosts of its own
+        nsenter --net="/run/netns/$2" unshare --uts --mount --propagation private \
+            sh -c "mount --bind $RUN_DIR/hosts-$1 /etc/hosts && hostname $1 && exec slurmd -N $1"
+    elif [ -n "${2:-}" ]; then
         # nsenter, not ip netns exec: that one mounts a /sys of its own, without the cgroup file system slurmd needs
         nsenter --net="/run/netns/$2" unshare --uts sh -c "hostname $1 && exec slurmd -N $1"
     else
@@ -181,7 +192,7 @@ wait_up() {  # wait_up NODE
 start() {
     local nodes=1
     [ "${1:-}" = --nodes ] && nodes=${2:-}
-    case "$nodes" in 1|2) ;; *) die "start [--nodes 1|2]" ;; esac
+    case "$nodes" in 1|2|3) ;; *) die "start [--nodes 1|2|3]" ;; esac
     [ "$(id -u)" = 0 ] || die "starting SLURM daemons needs root"
     install_packages
     mkdir -p "$RUN_DIR" /etc/slurm "$LOG_DIR" "$STATE_DIR" "$SPOOL_DIR"
@@ -203,7 +214,7 @@ start() {
     local host proctrack=${SLURM_LOCAL_PROCTRACK:-linuxproc} node
     host=$(hostname -s)
     [ "$proctrack" = cgroup ] && [ ! -d /sys/fs/cgroup/freezer ] && proctrack=linuxproc
-    [ "$nodes" = 2 ] && network
+    [ "$nodes" -ge 2 ] && network "$nodes"
     if write_conf "$host" "$proctrack" "$nodes"; then  # a new config: daemons started with another one restart
         stop_slurmds
         stop_daemon slurmctld /run/slurmctld.pid
@@ -216,11 +227,11 @@ start() {
     fi
     local i
     for ((i = 0; i < 150; i++)); do scontrol ping >/dev/null 2>&1 && break; sleep 0.2; done
+    local others
+    others=$(for n in $(seq 1 "$(namespaced "$nodes")"); do echo "node$n"; done)
     start_slurmd "$host"
-    if [ "$nodes" = 2 ]; then
-        for node in node1 node2; do start_slurmd "$node" "$node"; done
-    fi
-    for node in "$host" $([ "$nodes" = 2 ] && echo node1 node2); do wait_up "$node"; done
+    for node in $others; do start_slurmd "$node" "$node"; done
+    for node in "$host" $others; do wait_up "$node"; done
     log "cluster up"
 }
 
@@ -266,5 +277,5 @@ case "${1:-}" in
     install) install_packages ;;
     start) shift; start "$@" ;;
     stop) shift; stop "$@" ;;
-    *) echo "usage: $0 install | start [--nodes 2] | stop [--network]" >&2; exit 2 ;;
+    *) echo "usage: $0 install | start [--nodes 2|3] | stop [--network]" >&2; exit 2 ;;
 esac

@@ -63,6 +63,12 @@ check_addresses() {
     done
 }
 
+# first_node NODELIST: the first host of a SLURM host list (node[01-04,07],gpu1 -> node01), as
+# `scontrol show hostnames` says, without scontrol (a container may lack it).
+first_node() {
+    sed -E 's/\[([0-9]+)[^]]*\]/\1/g; s/,.*//' <<< "$1"
+}
+
 # The job's own name for its run directory and log: the array task for arrays, else the job id.
 job_tag() {
     if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then echo "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; else echo "${SLURM_JOB_ID}"; fi
@@ -222,6 +228,11 @@ announce_attempt() {
 requeue() {
     local id
     id=$(job_tag)  # an array task by its array id and index
+    if ! command -v scontrol >/dev/null; then
+        die "cannot requeue job $id: scontrol is not on PATH here (a container without SLURM's commands?); the run" \
+            "checkpointed in $(find_run_dir): submit the job again with OUTPUT_DIR=$OUTPUT_DIR" \
+            "RUN_NAME=$(basename "$(find_run_dir)") to continue it, or make scontrol available (slurm/site.sh)"
+    fi
     say "requeueing job $id: the next attempt continues from the checkpoint"
     # The requeue ends this attempt with a SIGTERM to each of its processes: scontrol must outlive it to report.
     ( trap '' TERM; exec scontrol requeue "$id" ) || { say "scontrol requeue $id failed"; exit 1; }

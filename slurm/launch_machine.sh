@@ -7,9 +7,14 @@ set -uo pipefail
 load_site  # this node's own shell: its modules and variables too
 machines=${SLURM_NTASKS:?launch_machine.sh runs inside srun}
 rank=${SLURM_PROCID:?launch_machine.sh runs inside srun}  # read here, in the task: each task has its own
-main_host=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-[ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ] && check_addresses "$main_host" "$(hostname)"
+main_host=$(first_node "$SLURM_JOB_NODELIST")
 port=${MAIN_PROCESS_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}
+if [ "$machines" -gt 1 ]; then
+    check_addresses "$main_host" "$(hostname)"
+    # Every node meets every other before the launch, within PREFLIGHT_TIMEOUT_S, on the port after the training's.
+    ( trap '' USR1; exec python -m harness.runtime.preflight --main-host "$main_host" --port $(( port + 1 )) \
+        --machine-rank "$rank" --machines "$machines" --timeout "${PREFLIGHT_TIMEOUT_S:-60}" ) || exit 2
+fi
 config_file=${LAUNCH_CONFIG:-launch_configs/multi_node.yaml}
 per_machine=$(processes_per_node 1)
 extra=()

@@ -22,4 +22,6 @@ training_args train_multinode.sh "$@"
 # The batch shell is the only process that gets the time-limit signal: it reaches the tasks through their step.
 relay_to_steps() { scancel --signal="$1" "$SLURM_JOB_ID" 2>/dev/null; }
 RELAY=relay_to_steps
-run_training srun --kill-on-bad-exit=1 bash slurm/launch_machine.sh "${TRAIN_ARGS[@]}"
+# --export=ALL: the tasks get this shell's environment (its venv, site.sh's variables) also in a job submitted with
+# --export=NONE, whose steps would otherwise start with SLURM's variables alone.
+run_training srun --export=ALL --kill-on-bad-exit=1 bash slurm/launch_machine.sh "${TRAIN_ARGS[@]}"

@@ -170,6 +170,9 @@ class TrainConfig(Section):
     skip_nonfinite_steps: int = rule(0, at_least(0))  # updates with a NaN/inf loss to skip before the run fails
     ema: Optional[EmaConfig] = None  # an exponential moving average of the weights, evaluated beside them
     early_stopping: Optional[EarlyStoppingConfig] = None  # end the run when checkpoint.monitor stops improving
+    # how long a process waits for the others in a collective (an all-reduce, a save's barrier, the data the main
+    # process finds) before the run fails: a hung process or a lost node ends the run in this time, not never
+    collective_timeout_minutes: float = rule(30.0, POSITIVE)
     # the splits the best weights are evaluated on at the end; null: val and test, and train while it holds at most
     # 100,000 images (a full pass over a large train split costs a third of an epoch, for a figure seldom read)
     final_eval_splits: Optional[List[Literal["train", "val", "test"]]] = rule(None, Rule(

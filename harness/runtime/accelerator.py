@@ -4,6 +4,7 @@ form one group."""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
@@ -22,14 +23,17 @@ from harness.runtime.threads import cpu_threads
 
 
 def build_accelerator(mixed_precision: str | None, grad_accum_steps: int = 1,
-                      clip_grad_norm: float | None = None, batch_size: int | None = None) -> Accelerator:
+                      clip_grad_norm: float | None = None, batch_size: int | None = None,
+                      collective_timeout_minutes: float | None = None) -> Accelerator:
     """``mixed_precision=None`` leaves precision to the launch config (ACCELERATE_MIXED_PRECISION). On a CPU,
-    torch gets ``cpu_threads()`` threads, whatever the launcher set."""
+    torch gets ``cpu_threads()`` threads, whatever the launcher set. ``collective_timeout_minutes``: how long a
+    collective waits for the other processes (None: torch's default, 30 minutes over gloo, 10 over NCCL)."""
     launched = launched_processes()
     # Without CUDA, processes meet over gloo (NCCL cannot work; DeepSpeed on CPU needs it said). FSDP joins them
     # even when alone: one process is a group of one, whose sharded checkpoints load into any other count.
     on_cpu = not torch.cuda.is_available() and (launched > 1 or fsdp_requested())
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu else []
+    timeout = None if collective_timeout_minutes is None else timedelta(minutes=collective_timeout_minutes)
+    handlers = [InitProcessGroupKwargs(backend="gloo" if on_cpu else "nccl", timeout=timeout)]
     if on_cpu:  # what DeepSpeed finds by itself without a GPU, said, so that it does not warn of it on every process
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # (accelerate imports it under FSDP too, wherever installed)
     cpu_fsdp = FullyShardedDataParallelPlugin() if on_cpu and fsdp_requested() else None

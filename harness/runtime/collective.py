@@ -51,6 +51,12 @@ def lost_peer(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(sign in str(error) for sign in LOST_PEER)
 
 
+def timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that waited the group's timeout for another process (gloo; NCCL's
+    watchdog ends the process itself)."""
+    return isinstance(error, RuntimeError) and "Timed out waiting" in str(error)
+
+
 def leave_together(accelerator: Accelerator) -> None:
     """Every process waits for the others, then the process group is torn down. A process that exits while
     another still writes reports can take the job down with it (DeepSpeed's shared-memory transport aborts),

@@ -15,7 +15,7 @@ from harness.data import background
 from harness.data.check import refuse_bad_images
 from harness.errors import DataError, LaunchError, UnreadableImage, describe, one_line
 from harness.runtime.accelerator import build_accelerator
-from harness.runtime.collective import leave_together, lost_peer
+from harness.runtime.collective import leave_together, lost_peer, timed_out
 from harness.runtime.deepspeed import zero_stage
 from harness.runtime.logs import setup_logging
 from harness.runtime.signals import StopRequest, TrainingInterrupted
@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
     first = resolve_run(args)
     cfg = first.cfg
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.clip_grad_norm,
-                                    cfg.train.batch_size)
+                                    cfg.train.batch_size, cfg.train.collective_timeout_minutes)
     setup_logging(accelerator)
     cfg.train.check_engine(zero_stage(accelerator))
     lock = RunLock(first.rundir)
@@ -70,7 +70,7 @@ def _as_stopped(error: BaseException, parts: Parts) -> BaseException:
     loader read the file: it says so, with its rank), and an image that could not be read (``data.on_bad_image:
     error``, which checked only the headers before training) is said with every other file of the run that cannot
     be used; a collective that failed because another process ended says that, in one line, instead of gloo's
-    message."""
+    message (or a collective that waited its timeout, the key to change)."""
     if isinstance(error, UnreadableImage) and parts.cfg.data.on_bad_image == "error":
         try:
             paths = [path for samples in parts.splits.splits.values() for path, _ in samples]
@@ -81,6 +81,10 @@ def _as_stopped(error: BaseException, parts: Parts) -> BaseException:
         error.own = True
     if lost_peer(error):
         return LaunchError(f"another process of the run ended (its error is above): {one_line(error)}")
+    if timed_out(error):
+        return LaunchError(f"no answer from another process of the run within {parts.cfg.train.collective_timeout_minutes:g} "
+                           "minutes (train.collective_timeout_minutes): it hangs, or its node is gone (its error, if "
+                           f"any, is above); raise the key if the run waits longer on purpose: {one_line(error)}")
     return error
 
 

@@ -5,7 +5,8 @@ trained batch to ``<file>.rank<N>``, to check the data order across stops and re
 ``HARNESS_FAULT_NAN_AT_STEP=<n>`` makes the loss of optimizer update n NaN, to check divergence handling.
 ``HARNESS_PAUSE_AT=<phase>`` makes the training print ``paused at <phase>`` and wait there (``PHASES``) until a stop
 signal comes, for a test to send one at that moment; ``epoch`` is the end of a run's first epoch, checkpoint written,
-where a signal is recorded rather than acted on at once (the loop's stop follows the wait).
+where a signal is recorded rather than acted on at once (the loop's stop follows the wait). A requeued SLURM attempt
+(``SLURM_RESTART_COUNT`` above 0) does not pause.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ PAUSE_S = 3600
 def pause_at(phase: str, stop: StopRequest | None = None) -> None:
     """Wait at ``phase`` when HARNESS_PAUSE_AT names it: until a signal ends the wait (at once), or ``stop`` records
     one (deferred)."""
-    if os.environ.get("HARNESS_PAUSE_AT") == phase:
+    # A requeued SLURM attempt goes on: the pause holds the first attempt until the signal under test comes.
+    if os.environ.get("HARNESS_PAUSE_AT") == phase and os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
         print(f"paused at {phase}", flush=True)
         until = time.monotonic() + PAUSE_S
         while (stop is None or stop.signum is None) and time.monotonic() < until:

@@ -1,6 +1,7 @@
 """SLURM: the scripts in slurm/, submitted with sbatch as the README shows, on a real local cluster
-(scripts/slurm_local.sh start --nodes 2: slurmctld, slurmd and munge on this machine, started here when none
-answers; the multi-node jobs run on partition `two`, two nodes with host names and addresses of their own).
+(scripts/slurm_local.sh start --nodes 3: slurmctld, slurmd and munge on this machine, started here when none
+answers; the multi-node jobs run on partition `two`, two nodes with host names and addresses of their own, and on
+partition `loopback`, whose second node's own name resolves to 127.0.1.1 there).
 
 Every job of the module is submitted at once by the ``jobs`` fixture and they run side by side (the test
 cluster has more CPU slots than cores): most of a job's life is waiting for SLURM (the time-limit tick, the
@@ -13,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -37,10 +39,16 @@ LONG = [*FAST, "train.epochs=16"]
 SHORT = [*FAST, "train.epochs=2"]
 
 
+FOUR = [*FAST, "train.epochs=4"]  # the runs across nodes, stopped and resumed, against one run on one node
+
+
 ONE_CPU = ["--cpus-per-task=1"]  # each job's processes use one thread: the jobs share the machine's cores
 
 
-TWO_NODES = ["--partition=two", "--nodes=2"]  # node1 and node2 (scripts/slurm_local.sh start --nodes 2)
+TWO_NODES = ["--partition=two", "--nodes=2"]  # node1 and node2 (scripts/slurm_local.sh start --nodes 3)
+
+
+LOOPBACK_NODES = ["--partition=loopback", "--nodes=2"]  # node1 and node3, whose own name is 127.0.1.1 there
 
 
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
@@ -102,7 +110,7 @@ def cluster():
         return
     if os.geteuid() != 0 and not os.environ.get("CI"):
         pytest.skip("no SLURM controller answers, and starting one (scripts/slurm_local.sh start) needs root")
-    subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start", "--nodes", "2"], check=True, timeout=600)
+    subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start", "--nodes", "3"], check=True, timeout=600)
     yield
     subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "stop"], timeout=300)
 
@@ -126,12 +134,13 @@ def assert_no_process_left(job_id: str) -> None:
     assert not left, f"processes of job {job_id} outlived it:\n" + "\n".join(left)
 
 
-def sbatch(script: str, args: list[str], options: list[str], env: dict, out: Path, **variables: str) -> Job:
+def sbatch(script: str, args: list[str], options: list[str], env: dict, out: Path, repo: Path = REPO,
+           **variables: str) -> Job:
     """``sbatch [options] slurm/<script> args...`` from the repository root, as the README shows."""
     runs = out / "runs"
     output = out / ("slurm-%A_%a.out" if any(o.startswith("--array") for o in options) else "slurm-%j.out")
     result = subprocess.run(["sbatch", "--parsable", f"--output={output}", *ONE_CPU, *options, f"slurm/{script}",
-                             *map(str, args)], cwd=REPO, env={**env, "OUTPUT_DIR": str(runs), **variables},
+                             *map(str, args)], cwd=repo, env={**env, "OUTPUT_DIR": str(runs), **variables},
                             capture_output=True, text=True, check=True)
     job_id = result.stdout.strip().split(";")[0]
     return Job(job_id, Path(str(output).replace("%j", job_id)), runs)
@@ -154,8 +163,18 @@ def signal_after(job: Job, pattern: str) -> None:
     subprocess.run(["scancel", "--signal=USR1", "--batch", job.id], capture_output=True)
 
 
-def kill_rank_after(job: Job, rank: int, pattern: str) -> None:
-    """SIGKILL the training process of ``rank`` (not its launcher) once ``pattern`` is in the job's output."""
+def signal_then_requeue(job: Job, epochs: int) -> None:
+    """SIGUSR1 in the second epoch, then ``scontrol requeue`` (SIGTERM to every process on every node) in the third
+    epoch of the second attempt."""
+    signal_after(job, rf"epoch 1/{epochs} ")
+    at = job.wait_for_log(r"attempt 2,")
+    job.wait_for_log(rf"epoch 2/{epochs} ", after=at)
+    subprocess.run(["scontrol", "requeue", job.id], capture_output=True)
+
+
+def signal_rank_after(job: Job, rank: int, pattern: str, signum: int) -> None:
+    """Send ``signum`` to the training process of ``rank`` (not its launcher) once ``pattern`` is in the job's
+    output."""
     job.wait_for_log(pattern)
     for proc in Path("/proc").iterdir():
         try:
@@ -165,7 +184,28 @@ def kill_rank_after(job: Job, rank: int, pattern: str) -> None:
             continue
         if (f"SLURM_JOB_ID={job.id}".encode() in environ and f"RANK={rank}".encode() in environ
                 and b"harness/train.py" in command and b"launch" not in command):  # the worker, not torchrun
-            os.kill(int(proc.name), 9)
+            os.kill(int(proc.name), signum)
+
+
+def container_repo(root: Path) -> Path:
+    """A clone of the repository whose slurm/site.sh does what a container image would: its own venv (this one),
+    SLURM's commands but scontrol (a container that has sbatch's client libraries but not every command), and a
+    line saying on which node it was sourced."""
+    repo = root / "repo"
+    (repo / "slurm").mkdir(parents=True)
+    for part in ("harness", "configs", "launch_configs"):
+        (repo / part).symlink_to(REPO / part)
+    for script in (REPO / "slurm").glob("*.sh"):
+        (repo / "slurm" / script.name).symlink_to(script)
+    commands = root / "bin"
+    commands.mkdir()
+    for folder in ("/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin", "/sbin"):
+        for command in Path(folder).iterdir() if Path(folder).is_dir() else ():
+            if command.name != "scontrol" and not (commands / command.name).exists():
+                (commands / command.name).symlink_to(command)
+    (repo / "slurm" / "site.sh").write_text(
+        f'echo "site.sh on $(hostname)"\n. {sys.prefix}/bin/activate\nexport PATH={sys.prefix}/bin:{commands}\n')
+    return repo
 
 
 @pytest.fixture(scope="module")
@@ -176,15 +216,21 @@ def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
     sweep.write_text("grid:\n  optim.lr: [0.003, 0.001]\n")
     submitted = {
         "complete": sbatch("train.sh", [DIGITS, *LONG], [], env, out),
-        # The time-limit signal comes at SLURM's next 30-second tick after "3 minutes - 60 s", in the training:
-        # the first epoch ends within two minutes, every job of the module starting at once on the machine's
-        # cores, and waits there for it (HARNESS_PAUSE_AT=epoch).
+        # The time-limit signal comes at SLURM's next 30-second tick after "3 minutes - 60 s", in the training: the
+        # first epoch usually ends within two minutes, every job of the module starting at once on the machine's
+        # cores, and waits there for it (HARNESS_PAUSE_AT=epoch; on a busier machine the signal stops the first
+        # epoch, which is as good); the second attempt does not pause.
         "time_limit": sbatch("train.sh", [DIGITS, *LONG], ["--time=3", "--signal=B:USR1@60"], env, out,
                              HARNESS_PAUSE_AT="epoch"),
         # With a loader worker: SLURM's SIGTERM reaches it too, and it must keep serving until the save.
         "preempted": sbatch("train.sh", [DIGITS, *LONG, "data.num_workers=1"], [], env, out),
-        "machines": sbatch("train_multinode.sh", [DIGITS, *SHORT], TWO_NODES, env, out),
-        "one_node_ddp": sbatch("train.sh", [DIGITS, *SHORT], ["--ntasks=2"], env, out),
+        "machines": sbatch("train_multinode.sh", [DIGITS, *FOUR], TWO_NODES, env, out),
+        "one_node_ddp": sbatch("train.sh", [DIGITS, *FOUR], ["--ntasks=2"], env, out),
+        # Debian's own-name line on node3: refused on that node before anything starts.
+        "loopback": sbatch("train_multinode.sh", [DIGITS, *SHORT], LOOPBACK_NODES, env, out),
+        # A job submitted without its environment, in a container without scontrol: it cannot requeue itself.
+        "export_none": sbatch("train_multinode.sh", [DIGITS, *FOUR], ["--export=NONE", *TWO_NODES], env,
+                              out / "container", container_repo(out / "container")),
         "typo": sbatch("train.sh", [DIGITS, "optim.lrr=0.1"], [], env, out),
     }
     if importlib.util.find_spec("deepspeed"):
@@ -198,10 +244,18 @@ def jobs(cluster, env, tmp_path_factory) -> dict[str, Job]:
         submitted[f"sweep_{task}"] = Job(f"{array.id}_{task}", out / f"slurm-{array.id}_{task}.out", out / "runs")
     # A node's training process killed (an OOM kill, a crash) in the second epoch: the other node must not wait.
     submitted["node_lost"] = sbatch("train_multinode.sh", [DIGITS, *LONG], TWO_NODES, env, out)
-    threading.Thread(target=kill_rank_after, args=(submitted["node_lost"], 1, r"epoch 2/16 "), daemon=True).start()
+    threading.Thread(target=signal_rank_after, args=(submitted["node_lost"], 1, r"epoch 2/16 ", signal.SIGKILL),
+                     daemon=True).start()
+    # A node's training process that hangs (stopped: its sockets stay open): the other waits the config's timeout.
+    submitted["node_hung"] = sbatch("train_multinode.sh", [DIGITS, *LONG, "train.collective_timeout_minutes=1"],
+                                    TWO_NODES, env, out)
+    threading.Thread(target=signal_rank_after, args=(submitted["node_hung"], 1, r"epoch 1/16 ", signal.SIGSTOP),
+                     daemon=True).start()
     # An array task requeues itself as an array task; a multi-node job relays the signal to every machine.
-    for name in ("sweep_1", "machines"):
-        threading.Thread(target=signal_after, args=(submitted[name], r"epoch 1/2 "), daemon=True).start()
+    threading.Thread(target=signal_after, args=(submitted["sweep_1"], r"epoch 1/2 "), daemon=True).start()
+    threading.Thread(target=signal_after, args=(submitted["export_none"], r"epoch 1/4 "), daemon=True).start()
+    threading.Thread(target=signal_then_requeue, args=(submitted["machines"], 4), daemon=True).start()
+    submitted["export_none"].runs = out / "container" / "repo" / "runs"  # OUTPUT_DIR is not exported: the default
     yield submitted
     subprocess.run(["scancel", *(job.id for job in submitted.values())], capture_output=True)
 
@@ -264,19 +318,23 @@ def test_the_time_limit_signal_checkpoints_requeues_and_the_next_attempt_finishe
 def test_two_machines_train_through_multi_node_yaml_like_two_processes_on_one_node(jobs):
     """Two nodes, each its own host (name, address, network namespace): machine ranks 0 and 1 meet over gloo at the
     first one, are stopped by SIGUSR1 in the second epoch (the batch shell relays it to both machines' training
-    processes), requeued and resumed: the same weights as a 2-process run of slurm/train.sh on one node."""
+    processes), requeued and resumed, then requeued by ``scontrol requeue`` (SIGTERM to every process on both nodes)
+    in the third, and resumed: the same weights as a 2-process run of slurm/train.sh on one node."""
     machines, ddp = jobs["machines"], jobs["one_node_ddp"]
     for job in (machines, ddp):
         info = job.wait()
         assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.log()
-    assert machines.info()["Restarts"] == "1" and ddp.info()["Restarts"] == "0"
+    assert machines.info()["Restarts"] == "2" and ddp.info()["Restarts"] == "0"
     log = machines.log()
-    assert "requeueing job" in log and "resumed from" in log, log
-    assert "CANCELLED" not in log.split("requeueing job")[0], log  # a requested stop ends no machine's step early
-    assert log.count("machine 0 of 2 on node1") == log.count("machine 1 of 2 on node2") == 2, log
+    first, second, third = re.split(r"attempt [23],", log)
+    assert "got SIGUSR1" in first and "requeueing job" in first and "stopped by SIGUSR1" in first, log
+    assert "got SIGTERM" in second and "stopped by SIGTERM" in second and "resumed from" in second, log
+    assert "resumed from" in third and ": completed" in third and "\nerror" not in log, log
+    assert "CANCELLED" not in first, log  # a requested stop ends no machine's step early
+    assert log.count("machine 0 of 2 on node1") == log.count("machine 1 of 2 on node2") == 3, log
     assert "main node1:" in log, log
     assert "(2 process(es) (MULTI_CPU), device cpu" in log, log
-    assert log.count("launch_configs/multi_node.yaml") == 4, log  # two machines, two attempts
+    assert log.count("launch_configs/multi_node.yaml") == 6, log  # two machines, three attempts
     assert "launch_configs/cpu_ddp.yaml --num_processes 2" in ddp.log()
     assert summary(machines.run_dir())["num_processes"] == summary(ddp.run_dir())["num_processes"] == 2
     assert_same_weights(machines.run_dir() / "weights" / "last.safetensors",
@@ -341,3 +399,78 @@ def test_a_killed_training_process_on_one_node_ends_the_job_on_every_node(jobs):
     trained = summary(job.run_dir())
     assert trained["status"] == "failed" and trained["error"].startswith("another process of the run ended"), trained
     assert (job.run_dir() / "checkpoints" / "latest").exists()
+
+
+def test_a_node_whose_own_name_resolves_to_loopback_ends_the_job_at_once_naming_it(jobs):
+    """node3's /etc/hosts maps its own name to 127.0.1.1 (as Debian's installer writes it): gloo would announce
+    that address to node1, which would wait for it until a timeout. The job fails before any training starts, with
+    one line naming the node, the name and the ways out, and no requeue."""
+    job = jobs["loopback"]
+    info = job.wait()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "2:0", "0"), job.log()
+    errors = [line for line in job.log().splitlines() if line.startswith("error")]
+    assert errors == ["error: node node3: the name node3 resolves to 127.0.1.1, a loopback address the other nodes "
+                      "cannot reach: map node3 to its network address in /etc/hosts or DNS, or set GLOO_SOCKET_IFNAME "
+                      "to this node's interface (slurm/site.sh)"], job.log()
+    assert "Traceback" not in job.log() and "requeue" not in job.log() and not list(job.runs.glob(f"*-j{job.id}"))
+
+
+def test_a_hung_training_process_on_one_node_ends_the_job_after_the_configured_collective_timeout(jobs):
+    """A stopped process (a hang: its sockets stay open, so nobody sees it gone) holds the other node in a
+    collective until train.collective_timeout_minutes; then that node fails with one line naming the key, srun ends
+    the hung one, and the job fails without a requeue, its checkpoint intact."""
+    job = jobs["node_hung"]
+    info = job.wait()
+    assert (info["JobState"], info["Restarts"]) == ("FAILED", "0"), job.log()
+    log = job.log()
+    assert ("error: no answer from another process of the run within 1 minutes (train.collective_timeout_minutes): "
+            "it hangs, or its node is gone") in log, log
+    assert "requeueing" not in log, log
+    trained = summary(job.run_dir())
+    assert trained["status"] == "failed" and "train.collective_timeout_minutes" in trained["error"], trained
+    assert (job.run_dir() / "checkpoints" / "latest").exists()
+
+
+def test_a_job_without_its_environment_in_a_container_without_scontrol_says_how_to_continue_and_that_works(jobs, env):
+    """``sbatch --export=NONE``: the batch shell gets SLURM's variables alone, and its srun steps too unless told
+    otherwise; slurm/site.sh (here: a container's venv, and no scontrol) is sourced on both nodes. Stopped by
+    SIGUSR1, the run checkpoints, but the job cannot requeue itself: it fails with one line naming the variables
+    that continue the run, and a job submitted with them finishes it exactly."""
+    job = jobs["export_none"]
+    info = job.wait()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "2:0", "0"), job.log()
+    log = job.log()
+    assert "site.sh on node1" in log and "site.sh on node2" in log and "machine 1 of 2 on node2" in log, log
+    run = job.run_dir()
+    assert summary(run)["status"] == "interrupted"
+    line = (f"error: cannot requeue job {job.id}: scontrol is not on PATH here (a container without SLURM's "
+            f"commands?); the run checkpointed in runs/{run.name}: submit the job again with OUTPUT_DIR=runs "
+            f"RUN_NAME={run.name} to continue it, or make scontrol available (slurm/site.sh)")
+    assert [x for x in log.splitlines() if x.startswith("error")] == [line], log
+    repo = run.parent.parent
+    again = sbatch("train_multinode.sh", [DIGITS, *FOUR], [f"--export=RUN_NAME={run.name}", *TWO_NODES], env,
+                   repo.parent, repo)
+    info = again.wait()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), again.log()
+    assert "resumed from" in again.log() and summary(run)["status"] == "completed"
+    assert_same_weights(run / "weights" / "last.safetensors",
+                        jobs["one_node_ddp"].run_dir() / "weights" / "last.safetensors")
+
+
+def test_the_preflight_names_a_node_the_others_cannot_exchange_data_with(cluster):
+    """node1 reaches the main node's port (10.77.0.1 on the cluster's bridge) but announces an address nobody else
+    can reach (GLOO_SOCKET_IFNAME=lo): both say so within the pre-flight's timeout, instead of a training rendezvous
+    that waits many minutes."""
+    port = 29400 + os.getpid() % 500
+    command = [sys.executable, "-m", "harness.runtime.preflight", "--main-host", "10.77.0.1", "--port", str(port),
+               "--machines", "2", "--timeout", "5", "--machine-rank"]
+    main = subprocess.Popen([*command, "0"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    node = subprocess.run(["nsenter", "--net=/run/netns/node1", *command, "1"], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"}, timeout=120)
+    _, main_errors = main.communicate(timeout=120)
+    for code, stderr in ((main.returncode, main_errors), (node.returncode, node.stderr)):
+        (line,) = [x for x in stderr.splitlines() if x.startswith("error")]
+        assert code == 2 and re.fullmatch(
+            r"error: node \S+: the nodes reached 10\.77\.0\.1:\d+ but could not exchange data with each other "
+            r"within 5 s \(.*\): each node is reached at the address its own name resolves to \(.*\), or of the "
+            r"interface GLOO_SOCKET_IFNAME names: check that these addresses are reachable between the nodes", line), line

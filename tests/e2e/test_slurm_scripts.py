@@ -167,3 +167,75 @@ def test_a_node_whose_own_name_is_loopback_is_named_with_the_way_out():
         "reach: map localhost to its network address in /etc/hosts or DNS, or set GLOO_SOCKET_IFNAME to this "
         "node's interface (slurm/site.sh)"), result.stderr
     assert in_job(". slurm/common.sh; check_addresses 10.77.0.11 localhost", GLOO_SOCKET_IFNAME="eth0").returncode == 0
+
+
+@pytest.mark.parametrize("nodelist", ["node[01-04,07],gpu1", "rack[1-2]-n[3,4]", "gpu-[009-011]", "n1,n2", "solo"])
+def test_the_main_node_is_the_first_of_the_host_list_as_scontrol_expands_it(nodelist):
+    """Read without scontrol (a container may lack it); scontrol expands host lists without a controller."""
+    ours = in_job(f". slurm/common.sh; first_node '{nodelist}'").stdout.strip()
+    if shutil.which("scontrol"):
+        theirs = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                check=True).stdout.split()[0]
+        assert ours == theirs
+    assert ours == {"node[01-04,07],gpu1": "node01", "rack[1-2]-n[3,4]": "rack1-n3", "gpu-[009-011]": "gpu-009",
+                    "n1,n2": "n1", "solo": "solo"}[nodelist]
+
+
+def test_without_scontrol_a_requeue_says_how_to_continue_the_run(tmp_path):
+    """Inside a container without SLURM's commands, the checkpointed run is named with the variables that
+    continue it."""
+    run = tmp_path / "runs" / "digits-j77"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n")
+    bare = tmp_path / "bin"  # the commands a container has: bash's and the coreutils, no scontrol
+    bare.mkdir()
+    for command in ("bash", "basename", "dirname", "date", "cat", "ls"):
+        (bare / command).symlink_to(shutil.which(command))
+    result = in_job(f"PATH={bare}; . slurm/common.sh; OUTPUT_DIR={tmp_path}/runs RUN_NAME='{{name}}-j77'; requeue")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: cannot requeue job 77: scontrol is not on PATH here (a container without SLURM's commands?); the run "
+        f"checkpointed in {run}: submit the job again with OUTPUT_DIR={tmp_path}/runs RUN_NAME=digits-j77 to continue "
+        "it, or make scontrol available (slurm/site.sh)"), result.stderr
+
+
+def preflight(rank: int, machines: int, port: int, host: str = "127.0.0.1", timeout: int = 20) -> subprocess.Popen:
+    """``python -m harness.runtime.preflight`` as slurm/launch_machine.sh runs it on each node."""
+    return subprocess.Popen([sys.executable, "-m", "harness.runtime.preflight", "--main-host", host, "--port",
+                             str(port), "--machine-rank", str(rank), "--machines", str(machines), "--timeout",
+                             str(timeout)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
+
+
+def error_lines(process: subprocess.Popen) -> tuple[int, list[str]]:
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, [line for line in stderr.splitlines() if line.startswith("error")]
+
+
+@pytest.mark.slow
+def test_the_preflight_passes_when_every_node_meets_every_other():
+    port = free_port()
+    nodes = [preflight(rank, 3, port) for rank in range(3)]
+    assert [error_lines(node) for node in nodes] == [(0, [])] * 3
+
+
+@pytest.mark.slow
+def test_the_preflight_names_the_node_that_cannot_reach_the_main_node_and_the_machines_that_never_came():
+    import socket
+
+    node = socket.gethostname()
+    port = free_port()
+    alone = error_lines(preflight(1, 2, port, timeout=2))
+    assert alone == (2, [f"error: node {node}: cannot reach the main node at 127.0.0.1:{port} within 2 s "
+                         f"(DistNetworkError: The client socket has timed out after 2000ms while trying to connect to "
+                         f"(127.0.0.1, {port}).): is 127.0.0.1 up, its name the address the nodes share, and the port "
+                         "open between nodes?"])
+    waiting = error_lines(preflight(0, 3, port, timeout=2))
+    assert waiting == (2, [f"error: node {node}: machine(s) 1, 2 of 3 did not reach the main node at "
+                           f"127.0.0.1:{port} within 2 s: their own lines say why (if they started at all)"])
