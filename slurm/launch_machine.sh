@@ -12,7 +12,7 @@ port=${MAIN_PROCESS_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}
 if [ "$machines" -gt 1 ]; then
     check_addresses "$main_host" "$(hostname)"
     # Every node meets every other before the launch, within PREFLIGHT_TIMEOUT_S, on the port after the training's.
-    ( trap '' USR1; exec python -m harness.runtime.preflight --main-host "$main_host" --port $(( port + 1 )) \
+    ( trap '' USR1; exec python harness/preflight.py --main-host "$main_host" --port $(( port + 1 )) \
         --machine-rank "$rank" --machines "$machines" --timeout "${PREFLIGHT_TIMEOUT_S:-60}" ) || exit 2
 fi
 config_file=${LAUNCH_CONFIG:-launch_configs/multi_node.yaml}

@@ -1,21 +1,22 @@
-"""Before a launch across nodes, one process on each node (slurm/launch_machine.sh): this node reaches the main
-node's port, and every node exchanges a tensor with every other (a gloo all-reduce, over the addresses the training
-will use), each within a short time. A node that cannot gets one line naming it and the cause, at once, where the
-training's own rendezvous would wait many minutes for a timeout and then say little.
-
-    python -m harness.runtime.preflight --main-host node1 --port 29501 --machine-rank 1 --machines 2
-"""
+"""Before a launch across nodes, one process on each node (``harness/preflight.py``, from
+slurm/launch_machine.sh): this node reaches the main node's port, and every node exchanges a tensor with every
+other (a gloo all-reduce, over the addresses the training will use), each within a short time. A node that cannot
+gets one line naming it and the cause, at once, where the training's own rendezvous would wait many minutes for a
+timeout and then say little."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import socket
-import sys
 from datetime import timedelta
 
-from harness.cli import Parser, at_least, run_cli
 from harness.errors import LaunchError, one_line
+
+
+def preflight(args: argparse.Namespace) -> int:
+    """The command's body: ``check_nodes`` with its arguments."""
+    check_nodes(args.main_host, args.port, args.machine_rank, args.machines, args.timeout)
+    return 0
 
 
 def check_nodes(main_host: str, port: int, rank: int, machines: int, timeout_s: float) -> None:
@@ -71,26 +72,3 @@ def _address(name: str) -> str:
         return socket.gethostbyname(name)
     except OSError:
         return "none"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = Parser(prog="python -m harness.runtime.preflight", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--main-host", required=True)
-    parser.add_argument("--port", type=at_least(1), required=True)
-    parser.add_argument("--machine-rank", type=at_least(0), required=True)
-    parser.add_argument("--machines", type=at_least(1), required=True)
-    parser.add_argument("--timeout", type=at_least(1), default=60, metavar="SECONDS")
-    args = parser.parse_args(argv)
-    if args.machine_rank >= args.machines:
-        parser.error(f"--machine-rank {args.machine_rank} is not below --machines {args.machines}")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # c10d writes a page per retry; the one line says it
-    return run_cli(lambda: check_nodes(args.main_host, args.port, args.machine_rank, args.machines, args.timeout) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

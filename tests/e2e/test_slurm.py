@@ -462,7 +462,7 @@ def test_the_preflight_names_a_node_the_others_cannot_exchange_data_with(cluster
     can reach (GLOO_SOCKET_IFNAME=lo): both say so within the pre-flight's timeout, instead of a training rendezvous
     that waits many minutes."""
     port = 29400 + os.getpid() % 500
-    command = [sys.executable, "-m", "harness.runtime.preflight", "--main-host", "10.77.0.1", "--port", str(port),
+    command = [sys.executable, "harness/preflight.py", "--main-host", "10.77.0.1", "--port", str(port),
                "--machines", "2", "--timeout", "5", "--machine-rank"]
     main = subprocess.Popen([*command, "0"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     node = subprocess.run(["nsenter", "--net=/run/netns/node1", *command, "1"], cwd=REPO, capture_output=True,

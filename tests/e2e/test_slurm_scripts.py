@@ -199,8 +199,8 @@ def test_without_scontrol_a_requeue_says_how_to_continue_the_run(tmp_path):
 
 
 def preflight(rank: int, machines: int, port: int, host: str = "127.0.0.1", timeout: int = 20) -> subprocess.Popen:
-    """``python -m harness.runtime.preflight`` as slurm/launch_machine.sh runs it on each node."""
-    return subprocess.Popen([sys.executable, "-m", "harness.runtime.preflight", "--main-host", host, "--port",
+    """``python harness/preflight.py`` as slurm/launch_machine.sh runs it on each node."""
+    return subprocess.Popen([sys.executable, "harness/preflight.py", "--main-host", host, "--port",
                              str(port), "--machine-rank", str(rank), "--machines", str(machines), "--timeout",
                              str(timeout)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

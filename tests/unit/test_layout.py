@@ -18,7 +18,7 @@ LAYERS = [("runtime",), ("storage",), ("config",), ("data", "models"), ("optim",
 LAYER = {package: i for i, packages in enumerate(LAYERS) for package in packages}
 
 
-COMMANDS = {"train", "infer", "export", "lr_find", "compare", "sweep", "pack"}  # harness/<command>.py
+COMMANDS = {"train", "infer", "export", "lr_find", "compare", "sweep", "pack", "preflight"}  # harness/<command>.py
 
 
 SHARED = {"__init__", "errors", "cli"}  # what every command shares
