@@ -1,4 +1,4 @@
-"""Compare runs side by side: ``python harness/compare.py runs/a runs/b ... [--plot compare.png]``.
+"""Compare runs side by side: ``python harness/compare.py runs/a runs/b ... [--plot compare.png] [--html compare.html]``.
 
 The entry point only parses the command line; ``harness.reporting.comparison`` does the rest.
 """
@@ -21,7 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "that differ; then their mean and standard deviation.")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the runs' curves on one figure there")
-    parser.add_argument("--force", action="store_true", help="replace an existing --plot file")
+    parser.add_argument("--html", type=Path, metavar="PAGE", help="also write the runs side by side as one page "
+                        "there: the table, their curves on shared axes, their F1 per class on the test split")
+    parser.add_argument("--force", action="store_true", help="replace an existing --plot or --html file")
     return parser.parse_args(argv)
 
 

@@ -164,8 +164,15 @@ def fake_run(root: Path, name: str, lr: float, status: str, best: float, test_ac
 def predictions_of(losses: list[float], right: list[bool]) -> Predictions:
     """Validation predictions of class 0 images with these losses, right where ``right`` says (else class 1)."""
     n = len(losses)
-    predicted = np.where(right, 0, 1)
-    return Predictions(np.arange(n), np.zeros(n, dtype=np.int64), predicted[:, None], np.ones((n, 1)), np.array(losses))
+    return Predictions(np.arange(n), np.zeros(n, dtype=np.int64), log_probs_predicting(np.where(right, 0, 1), 2),
+                       np.array(losses))
+
+
+def log_probs_predicting(predicted: np.ndarray, classes: int) -> np.ndarray:
+    """Log-probabilities (samples x classes) under which each sample's most likely class is ``predicted``'s."""
+    probs = np.full((len(predicted), classes), 0.1 / classes, dtype=np.float32)
+    probs[np.arange(len(predicted)), predicted] += 0.9
+    return np.log(probs)
 
 
 def tree(folder: Path) -> dict[str, str]:

@@ -248,7 +248,7 @@ def image_files(items: list[str | Path], what: str) -> list[Path]:
         if path.is_dir() and is_run_directory(path):
             raise DataError(f"{what} {item}: a run directory, whose pictures are not data: name a folder of images")
         if path.is_dir():
-            files += sorted(_images_under(path))
+            files += sorted(image_files_under(path))
         elif path.is_file():
             files.append(path)
         else:
@@ -258,7 +258,7 @@ def image_files(items: list[str | Path], what: str) -> list[Path]:
     return files
 
 
-def _images_under(folder: Path) -> list[Path]:
+def image_files_under(folder: Path) -> list[Path]:
     """Every image file under ``folder``, run directories (a run's own pictures) left out."""
     found = []
     for parent, folders, names in os.walk(folder):

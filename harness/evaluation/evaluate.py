@@ -8,23 +8,23 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from harness.data.workers import batches_of
-from harness.evaluation.predictions import Predictions
+from harness.evaluation.predictions import Predictions, calibrated
 from harness.evaluation.tta import TTA_SETS, View, mean_log_probabilities
 from harness.models.buffers import sync_buffers
 from harness.models.inputs import ModelInputs
 
-TOP_K = 5
 
-
-def evaluate(accelerator: Accelerator, model, loader, inputs: ModelInputs, views: list[View] | None = None
-             ) -> Predictions:
+def evaluate(accelerator: Accelerator, model, loader, inputs: ModelInputs, views: list[View] | None = None,
+             temperatures: list[float] | None = None) -> Predictions:
     """Predictions for every sample of ``loader`` exactly once, whatever the number of processes. ``model`` may
-    be several (an ensemble) and ``views`` several (test-time augmentation): their probabilities are averaged."""
+    be several (an ensemble) and ``views`` several (test-time augmentation): their probabilities are averaged.
+    With ``temperatures`` (one per model), each model's logits are divided by its own first (calibration), and
+    the predictions carry the uncalibrated ones beside them (``Predictions.uncalibrated``)."""
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     for member in models:
         sync_buffers(accelerator, member)
         member.eval()
-    batches = []
+    batches, raw_batches = [], []
     # no_grad, not inference_mode: FSDP2 cannot gather its shards under inference_mode when that is the model's
     # first forward (a resume straight to the final evaluation): "Inference tensors do not track version counter"
     # (pytorch/pytorch#197327).
@@ -32,13 +32,24 @@ def evaluate(accelerator: Accelerator, model, loader, inputs: ModelInputs, views
         for images, labels, indices in batches_of(loader):
             x = inputs(images)
             with accelerator.autocast():
-                logits = [member(view(x)) for member in models for view in views or TTA_SETS["identity"]]
-            log_probs = mean_log_probabilities([each.float().log_softmax(dim=1) for each in logits])
-            probs = log_probs.exp()
-            top = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
-            labeled = labels >= 0
-            losses = torch.full_like(probs[:, 0], float("nan"))
-            if labeled.any():
-                losses[labeled] = F.nll_loss(log_probs[labeled], labels[labeled], reduction="none")
-            batches.append(accelerator.gather_for_metrics((indices, labels, top.indices, top.values, losses)))
-    return Predictions.from_batches(batches)
+                logits = [[member(view(x)).float() for view in views or TTA_SETS["identity"]] for member in models]
+            batches.append(accelerator.gather_for_metrics(_scored(logits, temperatures, labels, indices)))
+            if temperatures is not None:
+                raw_batches.append(accelerator.gather_for_metrics(_scored(logits, None, labels, indices)))
+    predictions = Predictions.from_batches(batches)
+    if temperatures is not None:
+        predictions.uncalibrated = Predictions.from_batches(raw_batches)
+    return predictions
+
+
+def _scored(logits: list[list[torch.Tensor]], temperatures: list[float] | None, labels: torch.Tensor,
+            indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(indices, labels, log_probs, losses)`` of a batch: every model's views (``logits[model][view]``), each
+    divided by its model's temperature, averaged as probabilities."""
+    log_probs = mean_log_probabilities([calibrated(view.log_softmax(dim=1), temperatures[model] if temperatures else None)
+                                        for model, views in enumerate(logits) for view in views])
+    labeled = labels >= 0
+    losses = torch.full_like(log_probs[:, 0], float("nan"))
+    if labeled.any():
+        losses[labeled] = F.nll_loss(log_probs[labeled], labels[labeled], reduction="none")
+    return indices, labels, log_probs, losses

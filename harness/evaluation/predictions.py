@@ -6,17 +6,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
 class Predictions:
-    """One row per sample, ordered by dataset index. ``labels`` is -1 for unlabeled images."""
+    """One row per sample, ordered by dataset index. ``labels`` is -1 for unlabeled images. ``log_probs`` holds
+    every class's log-probability (the model's, or the average of an ensemble's or of several views')."""
 
     indices: np.ndarray  # (n,) dataset indices
     labels: np.ndarray  # (n,)
-    topk_classes: np.ndarray  # (n, k) class indices, most likely first
-    topk_probs: np.ndarray  # (n, k)
+    log_probs: np.ndarray  # (n, classes) float32
     losses: np.ndarray  # (n,) plain cross-entropy per sample (nan when unlabeled)
+    uncalibrated: Predictions | None = None  # the model's own, where these were calibrated (harness.evaluation.evaluate)
 
     @classmethod
     def from_batches(cls, batches: list[tuple[torch.Tensor, ...]]) -> "Predictions":
@@ -25,12 +27,32 @@ class Predictions:
         return cls(*(column[order] for column in columns))
 
     @property
+    def probabilities(self) -> np.ndarray:
+        return np.exp(self.log_probs)
+
+    @property
     def predicted(self) -> np.ndarray:
-        return self.topk_classes[:, 0]
+        return self.log_probs.argmax(axis=1)
 
     @property
     def confidence(self) -> np.ndarray:
-        return self.topk_probs[:, 0]
+        return np.exp(self.log_probs.max(axis=1))
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most likely classes of each sample, most likely first, and their probabilities."""
+        k = min(k, self.log_probs.shape[1])
+        classes = np.argsort(-self.log_probs, axis=1, kind="stable")[:, :k]
+        return classes, np.exp(np.take_along_axis(self.log_probs, classes, axis=1))
+
+    def scaled(self, temperature: float) -> "Predictions":
+        """The same predictions with their logits divided by ``temperature`` (which class is predicted never
+        changes), and the losses of those probabilities."""
+        scaled = calibrated(torch.from_numpy(self.log_probs), temperature)
+        labels = torch.from_numpy(self.labels)
+        losses = torch.full((len(self),), float("nan"))
+        if self.labeled:
+            losses = F.nll_loss(scaled, labels, reduction="none")
+        return Predictions(self.indices, self.labels, scaled.numpy(), losses.numpy(), uncalibrated=self)
 
     @property
     def labeled(self) -> bool:
@@ -73,3 +95,10 @@ class Predictions:
         lines.append(row.format("macro avg", precision.mean(), recall.mean(), f1.mean(), total, width=width))
         lines.append(row.format("weighted avg", precision @ weights, recall @ weights, f1 @ weights, total, width=width))
         return "".join(lines)
+
+
+def calibrated(log_probs: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """Log-probabilities with their logits divided by ``temperature`` (None: as they are). Dividing the
+    log-probabilities is dividing the logits (they differ by a constant per sample); one function, so that a run's
+    final evaluation and infer.py compute the same numbers bit for bit."""
+    return log_probs if temperature is None else (log_probs / temperature).log_softmax(dim=1)

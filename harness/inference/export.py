@@ -1,7 +1,10 @@
-"""Exporting a finished run's model to run without the harness: ONNX (for onnxruntime and the like) or
-TorchScript. The exported model takes the normalised batch (images x 3 x size x size, float32: RGB scaled to
-0-1, then ``(x - mean) / std``) and gives the logits; the image size, mean, std and class names are recorded in
-the file (ONNX metadata ``harness``, TorchScript extra file ``harness.json``) and beside it (``<file>.json``).
+"""Exporting a finished run's model to run without the harness: ONNX (for onnxruntime and the like), a
+``torch.export`` program (``.pt2``, for ``torch.export.load`` and AOTInductor) or TorchScript (deprecated by
+PyTorch; for runtimes that still need it). The exported model takes the normalised batch (images x 3 x size x size,
+float32: RGB scaled to 0-1, then ``(x - mean) / std``) and gives the logits, divided by the temperature the weights
+carry (calibrated: their softmax gives calibrated probabilities) unless ``--no-calibration``; the image size, mean,
+std, class names and temperature are recorded in the file (ONNX metadata ``harness``, the extra file
+``harness.json`` of the other two) and beside it (``<file>.json``).
 
 Then the export is checked: it and the PyTorch model predict the run's test split, and the largest difference
 in logits and the share of predictions that agree are reported and recorded. A prediction that differs fails
@@ -35,7 +38,18 @@ from harness.storage.rundir import RunDir, check_outputs
 logger = logging.getLogger(__name__)
 
 ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")  # the exporter writes with onnx and onnxscript; the check runs onnxruntime
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+SUFFIX = {"onnx": ".onnx", "torch_export": ".pt2", "torchscript": ".torchscript.pt"}
+
+
+class Calibrated(torch.nn.Module):
+    """A classifier whose logits are divided by a temperature."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
 
 
 def export(args: argparse.Namespace) -> int:
@@ -49,6 +63,9 @@ def export(args: argparse.Namespace) -> int:
         require(ONNX_MODULES, "--format onnx", "export")
     cfg = load_config(rundir.config)
     model, meta = trained_model(rundir.weights_file(args.checkpoint))
+    temperature = None if args.no_calibration else meta.get("temperature")
+    if temperature:
+        model = Calibrated(model, float(temperature))
     model.eval()
     out = Path(args.out) if args.out else rundir.export(f"{args.checkpoint}{SUFFIX[args.format]}")
     check_outputs([out, out.with_name(out.name + ".json")], args.force, "--out FILE writes elsewhere")
@@ -56,11 +73,13 @@ def export(args: argparse.Namespace) -> int:
     if args.split not in splits.splits:
         raise DataError(f"--split {args.split}: this run has the splits {', '.join(splits.splits)}")
     record = {**meta, "format": args.format, "input": "images x 3 x image_size x image_size, float32, RGB in 0-1 "
-              "normalised with mean and std", "output": "logits, images x classes"}
+              "normalised with mean and std", "calibrated": bool(temperature),
+              "output": f"logits divided by the temperature {temperature} (their softmax: calibrated probabilities), "
+              "images x classes" if temperature else "logits, images x classes (uncalibrated)"}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         example = torch.zeros(2, 3, meta["image_size"], meta["image_size"])
-        (_write_onnx if args.format == "onnx" else _write_torchscript)(model, example, tmp, record)
+        WRITERS[args.format](model, example, tmp, record)
     loader = eval_loader(cfg.data, splits.root, splits.splits[args.split], args.batch_size, cfg.train.seed)
     check = _compare(model, _runner(args.format, out), loader, ModelInputs(model, cfg.data))
     record["check"] = {"split": args.split, **check}
@@ -69,7 +88,7 @@ def export(args: argparse.Namespace) -> int:
                f"{check['images']}, largest logit difference {check['max_logit_difference']:.3g}")
     if check["agree"] != check["images"]:
         raise ExportMismatch(f"{out}: the exported model predicts otherwise than PyTorch ({summary})")
-    logger.info(f"{out}: {args.format}, {summary}")
+    logger.info(f"{out}: {args.format}, {record['output']}; {summary}")
     return 0
 
 
@@ -100,11 +119,19 @@ def _write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, recor
     onnx.save(saved, str(path))
 
 
+def _write_torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, record: dict) -> None:
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path), extra_files={"harness.json": json.dumps(record)})
+
+
 def _write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, record: dict) -> None:
     with warnings.catch_warnings():  # torch deprecates TorchScript, which still serves C++ and mobile runtimes
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example)
         torch.jit.save(traced, str(path), _extra_files={"harness.json": json.dumps(record)})
+
+
+WRITERS = {"onnx": _write_onnx, "torch_export": _write_torch_export, "torchscript": _write_torchscript}
 
 
 def _runner(fmt: str, path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -114,6 +141,9 @@ def _runner(fmt: str, path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    if fmt == "torch_export":
+        program = torch.export.load(str(path)).module()
+        return lambda x: program(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         loaded = torch.jit.load(str(path))

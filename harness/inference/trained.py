@@ -20,6 +20,7 @@ from harness.config.schema import DataConfig, ModelConfig
 from harness.data.images import image_files, load_image, to_rgb
 from harness.data.transforms import build_transform
 from harness.errors import CheckpointError, DataError
+from harness.evaluation.predictions import calibrated
 from harness.models.inputs import ModelInputs
 from harness.models.registry import build_model
 from harness.storage.rundir import RunDir
@@ -29,17 +30,21 @@ ImageLike = Union[str, Path, Image.Image, torch.Tensor]
 
 @dataclass
 class Predicted:
-    """The predictions for ``paths`` (or the images given, in order): a label per image and the probability of
-    every class (``classes`` order)."""
+    """The predictions for ``paths`` (or the images given, in order): the predicted class of each image and the
+    probability of every class (``classes`` order). A label is a true class: these are predictions."""
 
-    labels: list[str]
+    predictions: list[str]
     probabilities: np.ndarray  # images x classes, float32
     classes: list[str]
     paths: list[str | None]  # the file of each image; None for an image passed in memory
+    temperature: float | None  # the logits were divided by it (calibrated probabilities); None: the model's own
 
 
-def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> TrainedModel:
-    """The model of a finished run (``checkpoint``: ``best`` or ``last``) on ``device``, ready to predict."""
+def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu",
+             calibrated: bool = True) -> TrainedModel:
+    """The model of a finished run (``checkpoint``: ``best`` or ``last``) on ``device``, ready to predict; its
+    probabilities calibrated by the temperature its weights file carries (the best weights of a run carry one)
+    unless ``calibrated=False``."""
     if checkpoint not in ("best", "last"):
         raise ValueError(f"load_run: checkpoint must be 'best' or 'last', got {checkpoint!r}")
     try:
@@ -49,7 +54,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.devi
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"load_run: device {device!r}, but torch sees no CUDA GPU here: use device='cpu'")
     model, meta = trained_model(RunDir(Path(run)).weights_file(checkpoint))
-    return TrainedModel(model, meta, device)
+    return TrainedModel(model, meta, device, meta.get("temperature") if calibrated else None)
 
 
 def trained_model(weights: Path) -> tuple[torch.nn.Module, dict]:
@@ -67,8 +72,9 @@ def trained_model(weights: Path) -> tuple[torch.nn.Module, dict]:
 
 
 class TrainedModel:
-    def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device, temperature: float | None) -> None:
         self.model, self.meta, self.device = model.to(device).eval(), meta, device
+        self.temperature = temperature
         self.classes: list[str] = meta["classes"]
         data = DataConfig(image_size=meta["image_size"], mean=meta["mean"], std=meta["std"])
         self.transform = build_transform(data, train=False)
@@ -85,9 +91,11 @@ class TrainedModel:
         with torch.inference_mode():
             for start in range(0, len(pictures), batch_size):
                 batch = torch.stack([self._tensor(p) for p in pictures[start:start + batch_size]]).to(self.device)
-                probabilities.append(self.model(self.inputs(batch)).float().softmax(dim=1).cpu())
+                log_probs = self.model(self.inputs(batch)).float().log_softmax(dim=1).cpu()
+                probabilities.append(calibrated(log_probs, self.temperature).exp())
         scores = torch.cat(probabilities).numpy() if probabilities else np.zeros((0, len(self.classes)), np.float32)
-        return Predicted([self.classes[i] for i in scores.argmax(axis=1)], scores, self.classes, paths)
+        return Predicted([self.classes[i] for i in scores.argmax(axis=1)], scores, self.classes, paths,
+                         self.temperature)
 
     @staticmethod
     def _expand(items: list) -> tuple[list[str | None], list]:

@@ -1,7 +1,7 @@
 """Runs side by side: one row per run from its ``summary.json`` and ``config.yaml`` (status, progress, the best
 validation metric and its epoch, the final test accuracy, and the config values that differ between the runs, a
-sweep's parameters), then the mean and standard deviation over the runs (a cross-validation's score); and the
-runs' curves (``history.csv``) on one figure.
+sweep's parameters), then the mean and standard deviation over the runs (a cross-validation's score); the
+runs' curves (``history.csv``) on one figure; and all of it, with their F1 per class, on one page.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 
 from harness.config.yaml_text import read_yaml
 from harness.errors import ConfigError
-from harness.reporting.plots import comparison_figure, save_png
+from harness.reporting.page import escaped, image_html, page_html, table_html
+from harness.reporting.plots import comparison_figure, render, save_png
 from harness.reporting.tables import format_table
+from harness.storage.atomic import write_atomic
 from harness.storage.rundir import RunDir, check_outputs
 
 SKIPPED_BEST = ("best_epoch", "best_checkpoint")
@@ -88,6 +90,10 @@ def _value(value) -> str:
 
 def plot_runs(paths: list[Path], out: Path) -> None:
     """The runs' validation accuracy and losses per epoch on one figure, written to ``out`` (PNG)."""
+    save_png(comparison_figure(_histories(paths)), out)
+
+
+def _histories(paths: list[Path]) -> dict[str, list[dict]]:
     histories = {}
     for path in paths:
         try:
@@ -97,15 +103,57 @@ def plot_runs(paths: list[Path], out: Path) -> None:
             raise ConfigError(f"{path}: no history.csv yet (the run has not finished an epoch)") from None
         except (ValueError, TypeError, csv.Error) as error:  # UnicodeDecodeError is a ValueError
             raise ConfigError(f"{RunDir(path).history_csv}: damaged ({type(error).__name__}: {error})") from None
-    save_png(comparison_figure(histories), out)
+    return histories
+
+
+def class_f1(paths: list[Path]) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Each run's F1 per class on its test split (scikit-learn's, from ``predictions/test.csv``), by run name;
+    and every class any of them has, in order of first appearance. A run without test predictions has none."""
+    from sklearn.metrics import f1_score
+
+    classes: dict[str, None] = {}
+    scores = {}
+    for path in paths:
+        names = (path / "splits" / "classes.txt")
+        csv_path = RunDir(path).predictions / "test.csv"
+        if not names.is_file() or not csv_path.is_file():
+            scores[path.name] = {}
+            continue
+        run_classes = names.read_text(encoding="utf-8").splitlines()
+        classes.update(dict.fromkeys(run_classes))
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        f1 = f1_score([row["label"] for row in rows], [row["prediction"] for row in rows], labels=run_classes,
+                      average=None, zero_division=0)
+        scores[path.name] = dict(zip(run_classes, map(float, f1)))
+    return list(classes), scores
+
+
+def write_comparison_page(paths: list[Path], out: Path) -> None:
+    """The runs side by side on one page: the table, their curves on shared axes, and their F1 per class."""
+    table = compare_table(paths)
+    classes, f1 = class_f1(paths)
+    rows = [[escaped(name)] + [f'<span data-run="{escaped(run)}" data-class="{escaped(name)}" data-value='
+                               f'"{f1[run][name]!r}">{f1[run][name]:.4f}</span>' if name in f1[run] else "-"
+                               for run in f1] for name in classes]
+    sections = [f"<h1>{len(paths)} runs side by side</h1>",
+                "<div class=wide>" + table_html([escaped(cell) for cell in table[0]],
+                                                [[escaped(cell) for cell in row] for row in table[1:]]) + "</div>",
+                "<h2>Curves</h2>\n" + image_html(render(comparison_figure(_histories(paths))), "the runs' curves"),
+                "<h2>F1 per class (test split)</h2>\n"
+                + (table_html(["class", *map(escaped, f1)], rows) if classes else "<p>No run has test predictions.</p>")]
+    write_atomic(out, page_html(f"{len(paths)} runs side by side", sections))
 
 
 def compare(args: argparse.Namespace) -> int:
-    """The compare command (``harness/compare.py``): the table, and ``--plot``'s figure."""
-    if args.plot:
-        check_outputs([args.plot], args.force, "--plot PNG writes elsewhere")
+    """The compare command (``harness/compare.py``): the table, ``--plot``'s figure and ``--html``'s page."""
+    written = [path for path in (args.plot, args.html) if path]
+    check_outputs(written, args.force, "--plot PNG / --html PAGE write elsewhere")
     print(format_table(compare_table(args.runs)))
     if args.plot:
         plot_runs(args.runs, args.plot)
         print(f"curves of {len(args.runs)} runs written to {args.plot}")
+    if args.html:
+        write_comparison_page(args.runs, args.html)
+        print(f"{len(args.runs)} runs side by side written to {args.html}")
     return 0

@@ -12,6 +12,8 @@ from harness.evaluation.predictions import Predictions
 from harness.reporting.plots import confusion_figure, save_png
 from harness.storage.atomic import atomic_path, write_atomic
 
+TOP_K = 5  # classes in each row of a predictions CSV
+
 
 def write_split_outputs(
     preds: Predictions, classes: list[str], paths: list[str], report: Path, matrix_png: Path, csv_path: Path,
@@ -30,12 +32,13 @@ def write_split_outputs(
 
 def write_predictions_csv(preds: Predictions, classes: list[str], paths: list[str], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    k = preds.topk_classes.shape[1]
+    top_classes, top_probs = preds.top(TOP_K)
+    k = top_classes.shape[1]
     header = ["path"] + (["label"] if preds.labeled else []) + ["prediction", "confidence", f"top{k}"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row, index in enumerate(preds.indices):
-            top = " ".join(f"{classes[c]}:{p:.4f}" for c, p in zip(preds.topk_classes[row], preds.topk_probs[row]))
+            top = " ".join(f"{classes[c]}:{p:.4f}" for c, p in zip(top_classes[row], top_probs[row]))
             label = [classes[preds.labels[row]]] if preds.labeled else []
             writer.writerow([paths[index]] + label + [classes[preds.predicted[row]], f"{preds.confidence[row]:.6f}", top])

@@ -1,4 +1,5 @@
-"""Figures: a run's curves, a confusion matrix, several runs' curves on one figure; and their PNG files.
+"""Figures: a run's curves, a confusion matrix, one-vs-rest ROC and precision-recall curves, reliability diagrams,
+several runs' curves on one figure; and their PNG files.
 
 matplotlib is imported where a figure is drawn (it takes most of a second), never at module level.
 """
@@ -15,6 +16,8 @@ from harness.storage.atomic import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from harness.evaluation.calibration import Reliability
 
 DEFAULT_FONT = "DejaVu Sans"  # matplotlib's own
 MISSING_GLYPH = "\u25a1"  # a white square, drawn for a character no installed font has
@@ -81,16 +84,20 @@ def _colours(n: int) -> list:
     return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
 
 
-def confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> Figure:
-    """Counts of (true, predicted), readable from 2 to hundreds of classes: the figure grows with the classes
-    (up to 30 inches), cell numbers up to 30 classes, tick labels up to 150 that shrink as classes grow."""
+def confusion_figure(matrix: np.ndarray, classes: list[str], title: str, normalised: bool = False) -> Figure:
+    """Counts of (true, predicted), or with ``normalised`` each true class's row as shares of it, readable from 2 to
+    hundreds of classes: the figure grows with the classes (up to 30 inches), cell numbers up to 30 classes, tick
+    labels up to 150 that shrink as classes grow."""
     from matplotlib.figure import Figure
 
     n = len(classes)
+    if normalised:
+        rows = matrix.sum(axis=1, keepdims=True)
+        matrix = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     size = min(4 + 0.3 * n, 30)
     figure = Figure(figsize=(size, size * 0.85))
     ax = figure.add_subplot()
-    image = ax.imshow(matrix, cmap="Blues")
+    image = ax.imshow(matrix, cmap="Blues", **({"vmin": 0, "vmax": 1} if normalised else {}))
     figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     if n <= LABELLED_AXES_UP_TO:
@@ -103,8 +110,59 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> Figu
         threshold = matrix.max() / 2 if matrix.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{matrix[i, j]:.2f}" if normalised else str(matrix[i, j]), ha="center", va="center",
+                        fontsize=8 if not normalised or n <= 15 else 6,
                         color="white" if matrix[i, j] > threshold else "black")
+    figure.tight_layout()
+    return figure
+
+
+def class_curves_figure(curves: dict[int, dict[str, np.ndarray]], names: dict[int, str], title: str) -> Figure:
+    """One-vs-rest ROC (left) and precision-recall (right) curves, one line per class of ``curves``, labelled with
+    ``names`` (which may carry each class's AUC or average precision)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 5))
+    roc, pr = figure.subplots(1, 2)
+    families, labels = drawable([names[c] for c in curves])
+    for (c, curve), colour, label in zip(curves.items(), _colours(len(curves)), labels):
+        roc.plot(curve["fpr"], curve["tpr"], color=colour, label=label)
+        pr.plot(curve["recall"], curve["precision"], color=colour, label=label)
+    roc.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, one class vs the rest{title}")
+    pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall, one class vs the rest{title}")
+    for ax in (roc, pr):
+        ax.set(xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", prop={"family": families, "size": "small"}, loc="lower right" if ax is roc
+                  else "lower left")
+    figure.tight_layout()
+    return figure
+
+
+def reliability_figure(panels: list[tuple[str, "Reliability"]]) -> Figure:
+    """For each (title, reliability): the accuracy of each confidence bin against its mean confidence (a
+    calibrated model lies on the diagonal), and under it how many samples each bin holds."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5 * len(panels), 6.5))
+    grid = figure.add_gridspec(2, len(panels), height_ratios=(3, 1))
+    for column, (title, bins) in enumerate(panels):
+        top = figure.add_subplot(grid[0, column])
+        bottom = figure.add_subplot(grid[1, column], sharex=top)
+        width = bins.edges[1] - bins.edges[0]
+        centres = bins.edges[:-1] + width / 2
+        filled = bins.counts > 0
+        top.bar(centres[filled], bins.accuracy[filled], width=width * 0.9, color="tab:blue", label="accuracy")
+        top.plot(bins.confidence[filled], bins.confidence[filled], "o", color="tab:red", markersize=3,
+                 label="mean confidence")
+        top.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        top.set(ylim=(0, 1), ylabel="accuracy", title=f"{title}: ECE {bins.ece:.4f}")
+        top.legend(loc="upper left", fontsize="small")
+        bottom.bar(centres, bins.counts, width=width * 0.9, color="grey")
+        bottom.set(xlim=(0, 1), xlabel="confidence (top class)", ylabel="samples")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
     figure.tight_layout()
     return figure
 
@@ -151,14 +209,20 @@ def _installed_fonts() -> list[tuple[str, frozenset[int]]]:
 
 def save_png(figure: Figure, path: Path) -> np.ndarray:
     """Render ``figure`` once (at 100 dpi) and write it as a PNG; its RGB pixels are returned."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
-    canvas = FigureCanvasAgg(figure)
-    figure.set_dpi(100)
-    canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
+    pixels = render(figure)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         Image.fromarray(pixels).save(tmp, format="png")
     return pixels
+
+
+def render(figure: Figure) -> np.ndarray:
+    """``figure``'s RGB pixels at 100 dpi."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    figure.set_dpi(100)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3]

@@ -11,7 +11,7 @@ from harness.errors import CheckpointError
 
 # What a training attempt writes into its run directory besides config.yaml, splits/ and train.log.
 OUTPUTS = ("checkpoints", "weights", "tensorboard", "reports", "predictions", "history.csv", "summary.json",
-           "summary.txt")
+           "summary.txt", "report.html")
 
 
 # What only training writes in a run directory.
@@ -69,6 +69,7 @@ class RunDir:
     tensorboard = _at("tensorboard")
     reports = _at("reports")  # classification reports, confusion matrices, curves
     predictions = _at("predictions")  # <split>.csv from the final test
+    report = _at("report.html")  # the page a person reads first (harness.reporting.page)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))

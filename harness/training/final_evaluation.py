@@ -1,5 +1,6 @@
-"""The end of a run: the best weights evaluated on the final splits (``train.final_eval_splits``), with reports,
-predictions, curves and figures.
+"""The end of a run: the best weights evaluated on the final splits (``train.final_eval_splits``), a temperature
+fitted on the validation split (``harness.evaluation.calibration``), and reports, predictions, curves, figures and
+report.html.
 
 "The best weights" are the best epoch's chosen ones (``harness.evaluation.selection.chosen_weights``): the model's
 own, or other weights a feature keeps (the weight average of ``train.ema``) when those validated better.
@@ -13,12 +14,14 @@ from contextlib import nullcontext
 from harness.checkpointing.loading import restore_best
 from harness.checkpointing.weights import write_weights
 from harness.data.workers import release_workers
+from harness.evaluation.calibration import fit_temperature
 from harness.evaluation.evaluate import evaluate
 from harness.evaluation.predictions import Predictions
 from harness.evaluation.selection import OWN, chosen_weights
 from harness.models.inputs import ModelInputs
 from harness.optim.schedules import lr_per_update, updates_per_epoch
 from harness.reporting.outputs import write_split_outputs
+from harness.reporting.page import ReportInputs, write_report
 from harness.reporting.plots import curves_figure, save_png
 from harness.training.parts import Parts
 from harness.training.probes import pause_at
@@ -42,34 +45,65 @@ def weights_meta(parts: Parts, record: dict) -> dict:
 
 def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[str, Predictions]] | None
                   ) -> dict[str, float]:
-    """Load the best checkpoint; evaluate each split; write reports, predictions, curves and figures.
-    ``last_val``: this session's last validation, (epoch, predictions by weights), reused when it is the best's."""
+    """Load the best checkpoint; evaluate each split; fit the temperature on the validation split; write the
+    weights (with it), reports, predictions (calibrated), curves, figures and report.html. ``last_val``: this
+    session's last validation, (epoch, predictions by weights), reused when it is the best's."""
     state = parts.state
     restore_best(parts.accelerator, parts.rundir, state)
     best = state.history[state.best_epoch - 1]
     weights = chosen_weights(best, parts.cfg.checkpoint.monitor)
-    results = {}
+    results, raw = {}, {}
     with weights_of(parts, best):
-        # Written again from the loaded model, so it matches the best checkpoint whatever stopped in between.
-        write_weights(parts.accelerator, parts.model, parts.rundir, "best", weights_meta(parts, best))
         logger.info(f"evaluating the best weights (epoch {state.best_epoch}, {state.best_checkpoint}"
                     + ("" if weights == OWN else f", the {weights} weights") + ")")
-        for split in final_splits(parts.cfg.train.final_eval_splits, parts.splits.splits):
+        splits = final_splits(parts.cfg.train.final_eval_splits, parts.splits.splits)
+        for split in dict.fromkeys([*splits, "val"]):  # the temperature is fitted on val, reported or not
             loader = parts.eval_loaders[split]
             reuse = split == "val" and last_val and last_val[0] == state.best_epoch == state.epoch
-            preds = last_val[1][weights] if reuse else evaluate(parts.accelerator, parts.model, loader, inputs)
+            raw[split] = last_val[1][weights] if reuse else evaluate(parts.accelerator, parts.model, loader, inputs)
             release_workers(loader)
-            results[f"{split}_acc"], results[f"{split}_loss"] = preds.accuracy(), preds.loss()
-            logger.info(f"{split}: accuracy {preds.accuracy():.4f} loss {preds.loss():.4f} ({len(preds)} images)")
-            if parts.accelerator.is_main_process:
-                _write_split(parts, split, preds)
+            if split in splits:
+                preds = raw[split]
+                results[f"{split}_acc"], results[f"{split}_loss"] = preds.accuracy(), preds.loss()
+                logger.info(f"{split}: accuracy {preds.accuracy():.4f} loss {preds.loss():.4f} ({len(preds)} images)")
+        temperature = fit_temperature(raw["val"])
+        fit = (raw["val"].loss(), raw["val"].scaled(temperature).loss())
+        logger.info(f"temperature {temperature:.4f} (fitted on val: log loss {fit[0]:.4f} -> {fit[1]:.4f}); the "
+                    "predictions and report.html give calibrated probabilities")
+        # Written again from the loaded model, so it matches the best checkpoint whatever stopped in between.
+        write_weights(parts.accelerator, parts.model, parts.rundir, "best",
+                      {**weights_meta(parts, best), "temperature": temperature})
+    results["temperature"] = temperature
     pause_at("reports")
     if parts.accelerator.is_main_process:
+        for split in splits:
+            _write_split(parts, split, raw[split].scaled(temperature))
         updates = updates_per_epoch(len(parts.train_loader), parts.cfg.train.grad_accum_steps)
         rates = lr_per_update(parts.cfg.optim, parts.cfg.scheduler, parts.cfg.train.epochs, updates,
                               parts.cfg.model.freeze_backbone_epochs)
-        save_png(curves_figure(state.history, rates, updates, state.best_epoch), parts.rundir.reports / "curves.png")
+        curves = save_png(curves_figure(state.history, rates, updates, state.best_epoch),
+                          parts.rundir.reports / "curves.png")
+        shown = "test" if "test" in splits else splits[-1]
+        write_report(parts.rundir.report, ReportInputs(
+            title=f"{parts.rundir.name}: {shown} split, best weights (epoch {state.best_epoch})", split=shown,
+            classes=parts.splits.classes, preds=raw[shown].scaled(temperature),
+            paths=[path for path, _ in parts.splits.splits[shown]], root=parts.splits.root, temperature=temperature,
+            facts=_facts(parts, results), curves=curves, fit=fit, config_text=parts.rundir.config.read_text()))
     return results
+
+
+def _facts(parts: Parts, results: dict[str, float]) -> list[tuple[str, object]]:
+    state, cfg = parts.state, parts.cfg
+    facts = [("run", str(parts.rundir.root)), ("model", cfg.model.name),
+             ("epochs", f"{state.epoch} of {cfg.train.epochs}"
+              + (f" (stopped early at {state.stopped_early_at})" if state.stopped_early_at else "")),
+             ("best epoch", f"{state.best_epoch} ({state.best_checkpoint})"),
+             (f"best {cfg.checkpoint.monitor}", state.best_metric),
+             ("images", ", ".join(f"{split} {len(samples)}" for split, samples in parts.splits.splits.items()))]
+    facts += [(key.replace("_", " "), value) for key, value in results.items()]
+    facts += [(key, value) for key, value in parts.summary.fields.items()
+              if key in ("distributed_type", "num_processes", "device", "mixed_precision")]
+    return facts
 
 
 def final_splits(named: list[str] | None, splits: dict[str, list]) -> list[str]:

@@ -58,7 +58,7 @@ def test_infer_reproduces_the_training_test_accuracy_exactly(trained, env, tmp_p
     again = run_infer(["--run", run, "--checkpoint", "last"], env, check=False)
     assert again.returncode == 1 and again.stderr.strip() == (
         f"error: {run / 'inference' / 'test_last'} already holds predictions.csv, classification_report.txt, "
-        "confusion_matrix.png, metrics.json: --force replaces them, --out DIR writes elsewhere"), again.stderr
+        "confusion_matrix.png, metrics.json, report.html: --force replaces them, --out DIR writes elsewhere"), again.stderr
     run_infer(["--run", run, "--split", "val", "--checkpoint", "last", "--force", "--out", run / "inference" / "test_last"], env)
     last = json.loads((run / "inference" / "test_last" / "metrics.json").read_text())
     assert last["split"] == "val" and last["accuracy"] == pytest.approx(float(rows(run / "history.csv")[-1]["val_acc"]))
@@ -153,7 +153,7 @@ def test_exports_predict_what_pytorch_does_and_carry_the_preprocessing(trained, 
                                                                                               "std": std})})
     run_infer(["--run", run, "--show", "0"], env)  # the reference: infer.py, preprocessing from the run's config
     reference = rows(run / "inference" / "test_best" / "predictions.csv")
-    for fmt, file in (("onnx", "best.onnx"), ("torchscript", "best.torchscript.pt")):
+    for fmt, file in (("onnx", "best.onnx"), ("torch_export", "best.pt2"), ("torchscript", "best.torchscript.pt")):
         result = subprocess.run([*PYTHON, "harness/export.py", "--run", str(run), "--format", fmt], env=env, cwd=REPO,
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
@@ -163,6 +163,7 @@ def test_exports_predict_what_pytorch_does_and_carry_the_preprocessing(trained, 
         assert record["check"]["max_logit_difference"] < 1e-4
         assert record["classes"] == [str(d) for d in range(10)] and record["image_size"] == 32
         assert (record["mean"], record["std"]) == (mean, std)
+        assert record["calibrated"] and record["output"].startswith(f"logits divided by the temperature {meta['temperature']}")
     # ONNX Runtime on the exported file alone, the preprocessing from its metadata: infer.py's predictions.
     import onnx
     import onnxruntime
@@ -180,6 +181,16 @@ def test_exports_predict_what_pytorch_does_and_carry_the_preprocessing(trained, 
 
     loaded = load_run(run).predict([root / row["path"] for row in reference[:20]])  # the Python API, too
     assert np.allclose(loaded.probabilities.max(1), [float(row["confidence"]) for row in reference[:20]], atol=2e-5)
+    program = torch.export.load(str(run / "export" / "best.pt2")).module()  # the torch.export program alone
+    with torch.inference_mode():
+        logits = program(torch.from_numpy(images))
+    assert torch.allclose(logits.softmax(1), probabilities, atol=2e-5)
+    subprocess.run([*PYTHON, "harness/export.py", "--run", str(run), "--format", "torch_export", "--no-calibration",
+                    "--out", str(tmp_path / "raw.pt2")], env=env, cwd=REPO, check=True, capture_output=True)
+    with torch.inference_mode():
+        raw = torch.export.load(str(tmp_path / "raw.pt2")).module()(torch.from_numpy(images))
+    assert torch.allclose(raw / meta["temperature"], logits, atol=1e-4)
+    assert not json.loads((tmp_path / "raw.pt2.json").read_text())["calibrated"]
     extra = {"harness.json": ""}
     with warnings.catch_warnings():  # torch deprecates TorchScript
         warnings.simplefilter("ignore", FutureWarning)
@@ -237,7 +248,7 @@ def test_the_documented_python_example_predicts_what_infer_does(trained, env, tm
                             torch.from_numpy(np.array(Image.open(tmp_path / "images" / "02.png").convert("RGB")))
                             .permute(2, 0, 1).contiguous()])
     assert result.paths == [str(tmp_path / "images" / "00.png"), None, None]
-    assert result.labels == [p["prediction"] for p in inferred[:3]]
+    assert result.predictions == [p["prediction"] for p in inferred[:3]]
     assert result.probabilities.shape == (3, 10) and np.allclose(result.probabilities.sum(axis=1), 1.0)
     for wrong, says in ((lambda: model.predict(tmp_path / "images", batch_size=0), "batch_size must be a whole number"),
                         (lambda: load_run(run, device="tpu"), "device 'tpu' is not a device"),

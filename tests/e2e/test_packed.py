@@ -26,4 +26,4 @@ def test_ddp_on_packed_data_evaluates_every_image_once_and_inference_reads_it(en
 
     written = rows(run / "predictions" / "test.csv")
     loaded = load_run(run).predict([source / row["path"] for row in written])
-    assert loaded.labels == [row["prediction"] for row in written]
+    assert loaded.predictions == [row["prediction"] for row in written]
