@@ -161,6 +161,12 @@ def fake_run(root: Path, name: str, lr: float, status: str, best: float, test_ac
     return run
 
 
+def predictions_close(a: list[dict], b: list[dict]) -> bool:
+    """The same predictions, their confidences equal to the CSV's 6 decimals (give or take its last digit)."""
+    return [(r["path"], r["prediction"]) for r in a] == [(r["path"], r["prediction"]) for r in b] and all(
+        abs(float(x["confidence"]) - float(y["confidence"])) <= 2e-6 for x, y in zip(a, b))
+
+
 def predictions_of(losses: list[float], right: list[bool]) -> Predictions:
     """Validation predictions of class 0 images with these losses, right where ``right`` says (else class 1)."""
     n = len(losses)

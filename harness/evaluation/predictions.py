@@ -101,4 +101,7 @@ def calibrated(log_probs: torch.Tensor, temperature: float | None) -> torch.Tens
     """Log-probabilities with their logits divided by ``temperature`` (None: as they are). Dividing the
     log-probabilities is dividing the logits (they differ by a constant per sample); one function, so that a run's
     final evaluation and infer.py compute the same numbers bit for bit."""
-    return log_probs if temperature is None else (log_probs / temperature).log_softmax(dim=1)
+    if temperature is None:
+        return log_probs
+    # In float64, then rounded once: the division and the second log-softmax add no float32 error of their own.
+    return (log_probs.double() / temperature).log_softmax(dim=1).to(log_probs.dtype)

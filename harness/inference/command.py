@@ -193,7 +193,7 @@ def labeled_folder(folder: Path, classes: list[str]) -> Samples:
                         "rename or move the folder(s), or score them with --images (unlabeled)")
     loose = [entry.name for entry in folder.iterdir() if entry.is_file() and entry.suffix.lower() in IMG_EXTENSIONS]
     if loose:
-        raise DataError(f"--labeled {folder}: {len(loose)} image(s) outside every class folder (e.g. {sorted(loose)[0]}): "
+        raise DataError(f"--labeled {folder}: {len(loose)} image(s) outside every class folder (e.g. {min(loose)}): "
                         f"put each under {folder}/<class>/")
     samples = [(str(path), classes.index(entry.name)) for entry in folders
                for path in sorted(image_files_under(entry))]
@@ -208,7 +208,7 @@ def _write_outputs(preds: Predictions, classes: list[str], paths: list[str], roo
     in metrics.json; the first ``show`` predictions on the console."""
     out.mkdir(parents=True, exist_ok=True)
     name = facts["split"]
-    write_split_outputs(
+    confusion = write_split_outputs(
         preds, classes, paths, report=out / "classification_report.txt", matrix_png=out / "confusion_matrix.png",
         csv_path=out / "predictions.csv",
         title=f"{Path(facts['run']).name} - {name} ({facts['checkpoint']}, epoch {facts['epoch']})",
@@ -219,6 +219,7 @@ def _write_outputs(preds: Predictions, classes: list[str], paths: list[str], roo
         write_report(out / "report.html", ReportInputs(
             title=f"{Path(facts['run']).name}: {name}, {facts['checkpoint']} weights (epoch {facts['epoch']})",
             split=name, classes=classes, preds=preds, paths=paths, root=root, temperature=facts["temperature"],
+            confusion=confusion,
             facts=[(key, value) for key, value in facts.items() if value is not None and key != "warnings"]))
         correct = int((preds.predicted == preds.labels).sum())
         print(f"{name}: accuracy {preds.accuracy():.4f} ({correct}/{len(preds)})\n\n{preds.report(classes)}")

@@ -44,6 +44,7 @@ class ReportInputs:
     temperature: float | list[float] | None = None  # one per model of an ensemble
     facts: list[tuple[str, object]] = field(default_factory=list)
     curves: np.ndarray | None = None  # the run's curves figure, as pixels
+    confusion: np.ndarray | None = None  # the counts' confusion matrix figure, as pixels, where already drawn
     fit: tuple[float, float] | None = None  # the validation NLL before and after temperature scaling
     config_text: str | None = None
 
@@ -75,7 +76,8 @@ def report_html(inputs: ReportInputs) -> str:
         sections.append("<h2>Curves</h2>\n" + image_html(inputs.curves, "loss, accuracy, learning rate and speed per epoch"))
     sections += [
         "<h2>Confusion matrix</h2>\n<div class=pair>"
-        + image_html(render(confusion_figure(matrix, classes, f"{inputs.split}: counts")), "confusion matrix, counts")
+        + image_html(inputs.confusion if inputs.confusion is not None else
+                     render(confusion_figure(matrix, classes, f"{inputs.split}: counts")), "confusion matrix, counts")
         + image_html(render(confusion_figure(matrix, classes, f"{inputs.split}: share of each true class",
                                          normalised=True)), "confusion matrix, row-normalised") + "</div>",
         _class_table(classes, scores),
@@ -133,6 +135,10 @@ def _curves(preds: Predictions, classes: list[str], scores) -> str:
             + image_html(render(class_curves_figure(curves, names, "")), "ROC and precision-recall curves"))
 
 
+def _number(metric: str, value: float) -> str:
+    return f'<span data-metric={metric} data-value="{value!r}">{value:.4f}</span>'
+
+
 def _temperature(inputs: ReportInputs) -> str:
     values = inputs.temperature if isinstance(inputs.temperature, list) else [inputs.temperature]
     return ", ".join(f"{value:.4f}" for value in values)
@@ -142,9 +148,7 @@ def _calibration(inputs: ReportInputs) -> str:
     calibrated = inputs.calibrated
     model = inputs.preds.uncalibrated if calibrated else inputs.preds
     raw, preds = reliability(model), reliability(inputs.preds)
-    rows = [["expected calibration error (15 bins)", f'<span data-metric=ece_raw data-value="{raw.ece!r}">'
-             f"{raw.ece:.4f}</span>", f'<span data-metric=ece_calibrated data-value="{preds.ece!r}">{preds.ece:.4f}'
-             "</span>"],
+    rows = [["expected calibration error (15 bins)", _number("ece_raw", raw.ece), _number("ece_calibrated", preds.ece)],
             [f"log loss ({escaped(inputs.split)})", f"{model.loss():.4f}", f"{inputs.preds.loss():.4f}"]]
     if inputs.fit:
         rows.append(["log loss (validation, where T was fitted)", f"{inputs.fit[0]:.4f}", f"{inputs.fit[1]:.4f}"])

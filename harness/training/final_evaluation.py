@@ -76,8 +76,7 @@ def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[s
     results["temperature"] = temperature
     pause_at("reports")
     if parts.accelerator.is_main_process:
-        for split in splits:
-            _write_split(parts, split, raw[split].scaled(temperature))
+        confusion = {split: _write_split(parts, split, raw[split].scaled(temperature)) for split in splits}
         updates = updates_per_epoch(len(parts.train_loader), parts.cfg.train.grad_accum_steps)
         rates = lr_per_update(parts.cfg.optim, parts.cfg.scheduler, parts.cfg.train.epochs, updates,
                               parts.cfg.model.freeze_backbone_epochs)
@@ -88,7 +87,8 @@ def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[s
             title=f"{parts.rundir.name}: {shown} split, best weights (epoch {state.best_epoch})", split=shown,
             classes=parts.splits.classes, preds=raw[shown].scaled(temperature),
             paths=[path for path, _ in parts.splits.splits[shown]], root=parts.splits.root, temperature=temperature,
-            facts=_facts(parts, results), curves=curves, fit=fit, config_text=parts.rundir.config.read_text()))
+            facts=_facts(parts, results), curves=curves, confusion=confusion[shown], fit=fit,
+            config_text=parts.rundir.config.read_text()))
     return results
 
 
@@ -114,7 +114,8 @@ def final_splits(named: list[str] | None, splits: dict[str, list]) -> list[str]:
     return [split for split in splits if split in named]
 
 
-def _write_split(parts: Parts, split: str, preds: Predictions) -> None:
+def _write_split(parts: Parts, split: str, preds: Predictions):
+    """The split's CSV, text report and confusion matrix; the matrix's pixels are returned."""
     pixels = write_split_outputs(
         preds, parts.splits.classes, [path for path, _ in parts.splits.splits[split]],
         report=parts.rundir.reports / f"classification_report_{split}.txt",
@@ -123,3 +124,4 @@ def _write_split(parts: Parts, split: str, preds: Predictions) -> None:
         title=f"{parts.rundir.name} - {split} (best, epoch {parts.state.best_epoch})",
     )
     parts.reporter.image(f"confusion_matrix/{split}", pixels, parts.state.global_step)
+    return pixels

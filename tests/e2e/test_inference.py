@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from harness.checkpointing.weights import read_weights
 from harness.data.builtin import builtin_root
-from tests.helpers import DIGITS, PYTHON, REPO, rows, run_infer, summary
+from tests.helpers import DIGITS, PYTHON, REPO, predictions_close, rows, run_infer, summary
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,6 @@ def test_infer_on_unlabeled_images(trained, env, tmp_path):
     assert refused.returncode == 2 and refused.stderr.strip().startswith(
         f"error: --images: 2 image(s) cannot be used: {images / 'broken.png'} (UnidentifiedImageError")
     assert f"; {images / 'notes.jpg'} (UnidentifiedImageError" in refused.stderr and not (tmp_path / "again").exists()
-
-
-def predictions_close(a: list[dict], b: list[dict]) -> bool:
-    """The same predictions, their confidences equal to the CSV's 6 decimals (give or take its last digit)."""
-    return [(r["path"], r["prediction"]) for r in a] == [(r["path"], r["prediction"]) for r in b] and all(
-        abs(float(x["confidence"]) - float(y["confidence"])) <= 2e-6 for x, y in zip(a, b))
 
 
 @pytest.mark.slow

@@ -73,7 +73,7 @@ CASES = [
     ("an output dir inside a run's checkpoints", None,
      ("train.py", [*RUN, "--output-dir", "{out}/run/checkpoints"]), "which only that run's training writes"),
     ("the same inference again", None, ("infer.py", ["--run", "{out}/run"]),
-     "already holds predictions.csv, classification_report.txt, confusion_matrix.png, metrics.json: --force replaces"),
+     "already holds predictions.csv, classification_report.txt, confusion_matrix.png, metrics.json, report.html: --force replaces"),
     ("an inference into the run's weights", None, ("infer.py", ["--run", "{out}/run", "--out", "{out}/run/weights",
                                                                 "--force"]), "which only training writes"),
     ("an export over a user's file", lambda out: (out / "model.onnx").write_text("mine"),
