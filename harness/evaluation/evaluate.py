@@ -4,11 +4,10 @@ number of processes, by one model or several, in one view or several."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 
 from harness.data.workers import batches_of
-from harness.evaluation.predictions import Predictions, calibrated
+from harness.evaluation.predictions import Predictions, calibrated, losses_of
 from harness.evaluation.tta import TTA_SETS, View, mean_log_probabilities
 from harness.models.buffers import sync_buffers
 from harness.models.inputs import ModelInputs
@@ -48,8 +47,4 @@ def _scored(logits: list[list[torch.Tensor]], temperatures: list[float] | None, 
     divided by its model's temperature, averaged as probabilities."""
     log_probs = mean_log_probabilities([calibrated(view.log_softmax(dim=1), temperatures[model] if temperatures else None)
                                         for model, views in enumerate(logits) for view in views])
-    labeled = labels >= 0
-    losses = torch.full_like(log_probs[:, 0], float("nan"))
-    if labeled.any():
-        losses[labeled] = F.nll_loss(log_probs[labeled], labels[labeled], reduction="none")
-    return indices, labels, log_probs, losses
+    return indices, labels, log_probs, losses_of(log_probs, labels)

@@ -48,10 +48,7 @@ class Predictions:
         """The same predictions with their logits divided by ``temperature`` (which class is predicted never
         changes), and the losses of those probabilities."""
         scaled = calibrated(torch.from_numpy(self.log_probs), temperature)
-        labels = torch.from_numpy(self.labels)
-        losses = torch.full((len(self),), float("nan"))
-        if self.labeled:
-            losses = F.nll_loss(scaled, labels, reduction="none")
+        losses = losses_of(scaled, torch.from_numpy(self.labels))
         return Predictions(self.indices, self.labels, scaled.numpy(), losses.numpy(), uncalibrated=self)
 
     @property
@@ -95,6 +92,15 @@ class Predictions:
         lines.append(row.format("macro avg", precision.mean(), recall.mean(), f1.mean(), total, width=width))
         lines.append(row.format("weighted avg", precision @ weights, recall @ weights, f1 @ weights, total, width=width))
         return "".join(lines)
+
+
+def losses_of(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each sample's plain cross-entropy under ``log_probs``; nan for an unlabeled one (label -1)."""
+    labeled = labels >= 0
+    losses = torch.full_like(log_probs[:, 0], float("nan"))
+    if labeled.any():
+        losses[labeled] = F.nll_loss(log_probs[labeled], labels[labeled], reduction="none")
+    return losses
 
 
 def calibrated(log_probs: torch.Tensor, temperature: float | None) -> torch.Tensor:

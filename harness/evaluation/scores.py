@@ -41,8 +41,8 @@ def class_scores(preds: Predictions, num_classes: int) -> ClassScores:
     roc_auc = np.full(num_classes, np.nan)
     average_precision = np.full(num_classes, np.nan)
     for c in everything:
-        positive = preds.labels == c
-        if 0 < positive.sum() < len(preds):
+        positive = _positives(preds, c)
+        if positive is not None:
             roc_auc[c] = roc_auc_score(positive, probabilities[:, c])
             average_precision[c] = average_precision_score(positive, probabilities[:, c])
     return ClassScores(precision, recall, f1, support, roc_auc, average_precision)
@@ -56,12 +56,18 @@ def one_vs_rest_curves(preds: Predictions, classes: list[int]) -> dict[int, dict
     curves = {}
     probabilities = preds.probabilities
     for c in classes:
-        positive = preds.labels == c
-        if 0 < positive.sum() < len(preds):
+        positive = _positives(preds, c)
+        if positive is not None:
             fpr, tpr, _ = roc_curve(positive, probabilities[:, c])
             precision, recall, _ = precision_recall_curve(positive, probabilities[:, c])
             curves[c] = {"fpr": fpr, "tpr": tpr, "precision": precision, "recall": recall}
     return curves
+
+
+def _positives(preds: Predictions, c: int) -> np.ndarray | None:
+    """Which samples are of class ``c``, where some are and some are not (a curve needs both); else None."""
+    positive = preds.labels == c
+    return positive if 0 < positive.sum() < len(preds) else None
 
 
 def confused_pairs(matrix: np.ndarray, top: int = 10) -> list[tuple[int, int, int]]:

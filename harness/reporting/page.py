@@ -21,6 +21,7 @@ from harness.evaluation.calibration import reliability
 from harness.evaluation.predictions import Predictions
 from harness.evaluation.scores import class_scores, confused_pairs, one_vs_rest_curves
 from harness.reporting.plots import class_curves_figure, confusion_figure, reliability_figure, render
+from harness.reporting.summary import shown
 from harness.storage.atomic import write_atomic
 
 EVERY_CURVE_UP_TO = 10  # classes; past this the curves are drawn for the hardest classes only
@@ -71,7 +72,7 @@ def report_html(inputs: ReportInputs) -> str:
         _headline(preds, scores),
     ]
     if inputs.facts:
-        sections.append("<h2>Run</h2>\n" + table_html([], [[escaped(k), _value(v)] for k, v in inputs.facts]))
+        sections.append("<h2>Run</h2>\n" + table_html([], [[escaped(k), escaped(shown(v))] for k, v in inputs.facts]))
     if inputs.curves is not None:
         sections.append("<h2>Curves</h2>\n" + image_html(inputs.curves, "loss, accuracy, learning rate and speed per epoch"))
     sections += [
@@ -132,7 +133,7 @@ def _curves(preds: Predictions, classes: list[str], scores) -> str:
         return "<h2>ROC and precision-recall</h2>\n<p>No class has both positives and negatives here.</p>"
     names = {c: f"{classes[c]} (AUC {scores.roc_auc[c]:.3f}, AP {scores.average_precision[c]:.3f})" for c in curves}
     return (f"<h2>ROC and precision-recall</h2>\n<p class=note>{which}; the table above has every class.</p>\n"
-            + image_html(render(class_curves_figure(curves, names, "")), "ROC and precision-recall curves"))
+            + image_html(render(class_curves_figure(curves, names)), "ROC and precision-recall curves"))
 
 
 def _number(metric: str, value: float) -> str:
@@ -220,12 +221,6 @@ def table_html(head: list[str], rows: list[list[str]]) -> str:
 def page_html(title: str, sections: list[str]) -> str:
     """A whole page: ``title`` and the HTML ``sections`` in the report's style."""
     return PAGE.format(title=escaped(title), body="\n\n".join(sections))
-
-
-def _value(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return escaped("-" if value is None else str(value))
 
 
 def escaped(text: str) -> str:

@@ -117,7 +117,7 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str, normali
     return figure
 
 
-def class_curves_figure(curves: dict[int, dict[str, np.ndarray]], names: dict[int, str], title: str) -> Figure:
+def class_curves_figure(curves: dict[int, dict[str, np.ndarray]], names: dict[int, str]) -> Figure:
     """One-vs-rest ROC (left) and precision-recall (right) curves, one line per class of ``curves``, labelled with
     ``names`` (which may carry each class's AUC or average precision)."""
     from matplotlib.figure import Figure
@@ -129,8 +129,8 @@ def class_curves_figure(curves: dict[int, dict[str, np.ndarray]], names: dict[in
         roc.plot(curve["fpr"], curve["tpr"], color=colour, label=label)
         pr.plot(curve["recall"], curve["precision"], color=colour, label=label)
     roc.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, one class vs the rest{title}")
-    pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall, one class vs the rest{title}")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one class vs the rest")
+    pr.set(xlabel="recall", ylabel="precision", title="precision-recall, one class vs the rest")
     for ax in (roc, pr):
         ax.set(xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(alpha=0.3)

@@ -87,12 +87,13 @@ def summary_text(summary: dict[str, Any]) -> str:
     lines = []
     for key, value in summary.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-        lines.append(f"{key.ljust(width)}  {_fmt(value)}")
+            value = ", ".join(f"{k}={shown(v)}" for k, v in value.items())
+        lines.append(f"{key.ljust(width)}  {shown(value)}")
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A summary value as a person reads it: a float to 6 significant digits, None as -."""
     if isinstance(value, float):
         return f"{value:.6g}"
     return "-" if value is None else str(value)
