@@ -92,7 +92,8 @@ SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
-MinJobAge=300
+# A finished job's record stays a day, so that the tests can read it however long after its end they look.
+MinJobAge=86400
 KillWait=30
 SlurmctldTimeout=30
 SlurmdTimeout=30
