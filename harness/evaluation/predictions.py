@@ -69,30 +69,6 @@ class Predictions:
         pairs = self.labels.astype(np.int64) * num_classes + self.predicted
         return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
-    def report(self, classes: list[str]) -> str:
-        """Per-class precision, recall, F1 and support, then accuracy and the macro and weighted averages, laid
-        out as scikit-learn's ``classification_report`` (digits=4, zero_division=0) lays them out: the same text,
-        without importing scikit-learn (a second and 70 MB) at the end of every run."""
-        matrix = self.confusion(len(classes)).astype(np.float64)
-        correct, support, predicted = np.diag(matrix), matrix.sum(1), matrix.sum(0)
-        precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
-        recall = np.divide(correct, support, out=np.zeros_like(correct), where=support > 0)
-        both = precision + recall
-        f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(correct), where=both > 0)
-        total = int(support.sum())
-        width = max(len("weighted avg"), *(len(name) for name in classes))
-        row = "{:>{width}s} " + " {:>9.4f}" * 3 + " {:>9}\n"
-        lines = ["{:>{width}s} ".format("", width=width) + " {:>9}" * 4 + "\n\n"]
-        lines[0] = lines[0].format("precision", "recall", "f1-score", "support")
-        lines += [row.format(name, p, r, f, int(n), width=width)
-                  for name, p, r, f, n in zip(classes, precision, recall, f1, support)]
-        lines.append("\n" + ("{:>{width}s} " + " {:>9}" * 2 + " {:>9.4f} {:>9}\n").format(
-            "accuracy", "", "", correct.sum() / max(total, 1), total, width=width))
-        weights = support / max(total, 1)
-        lines.append(row.format("macro avg", precision.mean(), recall.mean(), f1.mean(), total, width=width))
-        lines.append(row.format("weighted avg", precision @ weights, recall @ weights, f1 @ weights, total, width=width))
-        return "".join(lines)
-
 
 def losses_of(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Each sample's plain cross-entropy under ``log_probs``; nan for an unlabeled one (label -1)."""

@@ -23,6 +23,7 @@ from harness.errors import CheckpointError, DataError
 from harness.evaluation.calibration import reliability
 from harness.evaluation.evaluate import evaluate
 from harness.evaluation.predictions import Predictions
+from harness.evaluation.scores import classification_report
 from harness.evaluation.tta import TTA_SETS, unseen_views
 from harness.inference.trained import trained_model
 from harness.models.inputs import ModelInputs
@@ -222,7 +223,7 @@ def _write_outputs(preds: Predictions, classes: list[str], paths: list[str], roo
             confusion=confusion,
             facts=[(key, value) for key, value in facts.items() if value is not None and key != "warnings"]))
         correct = int((preds.predicted == preds.labels).sum())
-        print(f"{name}: accuracy {preds.accuracy():.4f} ({correct}/{len(preds)})\n\n{preds.report(classes)}")
+        print(f"{name}: accuracy {preds.accuracy():.4f} ({correct}/{len(preds)})\n\n{classification_report(preds, classes)}")
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(prediction_table(preds, classes, paths, show), end="")
     logger.info(f"{len(preds)} predictions written to {out / 'predictions.csv'}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.evaluation.predictions import Predictions
+from harness.evaluation.scores import classification_report
 from harness.reporting.plots import confusion_figure, save_png
 from harness.storage.atomic import atomic_path, write_atomic
 
@@ -26,7 +27,7 @@ def write_split_outputs(
         return None
     report.parent.mkdir(parents=True, exist_ok=True)
     header = f"{title}\naccuracy: {preds.accuracy():.6f} ({int((preds.predicted == preds.labels).sum())}/{len(preds)})\n\n"
-    write_atomic(report, header + preds.report(classes))
+    write_atomic(report, header + classification_report(preds, classes))
     return save_png(confusion_figure(preds.confusion(len(classes)), classes, title), matrix_png)
 
 
