@@ -7,7 +7,9 @@ start of the command. What one does depends on the moment (``StopRequest.mode``)
   waiting to be saved, so the signal ends the work where it is, by raising ``TrainingInterrupted``;
 - ``deferred`` (the training loop): the signal is recorded, and the loop saves a checkpoint at the next optimizer
   update and then stops, every process at the same update;
-- ``finished`` (the run has completed): the signal is recorded and nothing else happens.
+- ``finished`` (the run has completed, or the session has met the error it fails with): the signal is recorded and
+  nothing else happens; what is left is saying so and exiting (a launcher stopping the other processes when one
+  fails must not turn the failure into a stop, which would hide its message).
 
 A repeat of the signal is the same request (launchers forward what they get: torchrun, srun); a second Ctrl-C
 more than 2 s after the first exits at once, whatever the moment.
@@ -52,7 +54,7 @@ class StopRequest:
             self._mask = None
 
     def finished(self) -> None:
-        """The run has completed: a signal from now on changes nothing."""
+        """The run has completed, or the session fails: a signal from now on changes nothing."""
         self.mode = "finished"
 
     @contextmanager

@@ -104,6 +104,7 @@ def execute(parts: Parts, stop: StopRequest | None = None, stop_after_epochs: in
             leave_together(parts.accelerator)
         return interrupted.exit_code
     except BaseException as error:
+        trainer.stop.finished()
         stopped = _as_stopped(error, parts)
         parts.summary.write_if_possible(status="failed", error=describe(stopped))
         if stopped is error:

@@ -266,8 +266,8 @@ def test_an_error_one_process_meets_is_said_by_it_with_its_rank_and_the_others_e
     assert resumed.returncode != 0
     assert f"error (process 1): {root}: 1 image(s) cannot be used: {relative} (" in resumed.stderr, \
         resumed.stderr[-3000:]
-    # Process 0 meets the loss in a collective and says so (the run failed), or, when the launcher's stop for the
-    # failed process reaches it first, stops as a signal stops it (the run interrupted). Under the full suite's
-    # load the second happened three times in three runs, never alone: which comes first is left to the next round.
+    # Process 0 meets the loss in a collective and says so (the run failed; the launcher's stop, arriving while it
+    # fails, changes nothing then), or, when that stop reaches it first, stops as a signal stops it (the run
+    # interrupted). Never failed without saying why: a stop that replaced the failure once hid its line.
     said = "error: another process of the run ended (its error is above)" in resumed.stderr
     assert summary(run)["status"] == ("failed" if said else "interrupted") and summary(run)["epoch"] == 1
