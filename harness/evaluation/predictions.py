@@ -66,8 +66,13 @@ class Predictions:
 
     def confusion(self, num_classes: int) -> np.ndarray:
         """Counts of (true class, predicted class)."""
-        pairs = self.labels.astype(np.int64) * num_classes + self.predicted
-        return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+        return confusion_counts(self.labels, self.predicted, num_classes)
+
+
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class), classes by index."""
+    pairs = labels.astype(np.int64) * num_classes + predicted
+    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def losses_of(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,12 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
+
 from harness.config.yaml_text import read_yaml
 from harness.errors import ConfigError
+from harness.evaluation.predictions import confusion_counts
+from harness.evaluation.scores import precision_recall_f1
 from harness.reporting.page import escaped, image_html, page_html, table_html
 from harness.reporting.plots import comparison_figure, render, save_png
 from harness.reporting.tables import format_table
@@ -107,10 +111,8 @@ def _histories(paths: list[Path]) -> dict[str, list[dict]]:
 
 
 def class_f1(paths: list[Path]) -> tuple[list[str], dict[str, dict[str, float]]]:
-    """Each run's F1 per class on its test split (scikit-learn's, from ``predictions/test.csv``), by run name;
-    and every class any of them has, in order of first appearance. A run without test predictions has none."""
-    from sklearn.metrics import f1_score
-
+    """Each run's F1 per class on its test split (from ``predictions/test.csv``), by run name; and every class any
+    of them has, in order of first appearance. A run without test predictions has none."""
     classes: dict[str, None] = {}
     scores = {}
     for path in paths:
@@ -123,8 +125,9 @@ def class_f1(paths: list[Path]) -> tuple[list[str], dict[str, dict[str, float]]]
         classes.update(dict.fromkeys(run_classes))
         with open(csv_path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        f1 = f1_score([row["label"] for row in rows], [row["prediction"] for row in rows], labels=run_classes,
-                      average=None, zero_division=0)
+        index = {name: c for c, name in enumerate(run_classes)}
+        labels, predicted = (np.array([index[row[key]] for row in rows], dtype=np.int64) for key in ("label", "prediction"))
+        _, _, f1, _ = precision_recall_f1(confusion_counts(labels, predicted, len(run_classes)))
         scores[path.name] = dict(zip(run_classes, map(float, f1)))
     return list(classes), scores
 
