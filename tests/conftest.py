@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from tests.helpers import DIGITS, run_train
+from tests.helpers import CPU_LAUNCH, DIGITS, run_train, without_threads
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,9 +24,13 @@ def process_cache(tmp_path_factory) -> None:
 
 @pytest.fixture(scope="session")
 def env(tmp_path_factory) -> dict:
-    """The environment for entry-point subprocesses: one built-in data cache for the whole session."""
+    """The environment for entry-point subprocesses: one built-in data cache for the whole session, and one torch
+    thread per training process. The test processes share the machine's cores as two jobs share a node, so each
+    gets what the SLURM scripts give a job of one CPU (``HARNESS_CPU_THREADS``): by default a process takes every
+    core, and two such at once on 2 cores take twice as long as one-thread processes would (docs/testing.md)."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
     out["HARNESS_CACHE_DIR"] = str(tmp_path_factory.mktemp("harness-cache"))
+    out["HARNESS_CPU_THREADS"] = "1"
     out["PYTHONUNBUFFERED"] = "1"
     return out
 
@@ -60,12 +64,13 @@ class Trained:
 @pytest.fixture(scope="session")
 def quickstart(env, tmp_path_factory) -> Trained:
     """The README's quickstart: configs/digits.yaml exactly as shipped, one CPU process (tests/e2e/test_train.py
-    checks the run, tests/e2e/test_inference.py infers from copies of it)."""
+    checks the run, tests/e2e/test_inference.py infers from copies of it), in a user's environment: the threads
+    are the harness's own choice."""
 
     def train(folder: Path) -> None:
         # A home never used before: matplotlib's font cache is built during the run, as on a new user's machine.
-        fresh = {**env, "MPLCONFIGDIR": str(folder / "matplotlib")}
-        result = run_train(["--config", DIGITS, "--output-dir", folder / "runs"], fresh)
+        fresh = {**without_threads(env), "MPLCONFIGDIR": str(folder / "matplotlib")}
+        result = run_train(["--config", DIGITS, "--output-dir", folder / "runs"], fresh, launcher=CPU_LAUNCH)
         (folder / "stdout").write_text(result.stdout)
         (folder / "stderr").write_text(result.stderr)
 

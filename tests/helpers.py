@@ -26,17 +26,27 @@ DIGITS = REPO / "configs" / "digits.yaml"
 # The README's commands, word for word (run from the repository root), with the venv's accelerate.
 ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch"]
 CPU_LAUNCH = [*ACCELERATE, "-q", "--config_file", "launch_configs/cpu.yaml"]
+# One CPU process without a launcher, as docs/launch.md gives it beside CPU_LAUNCH: the same run bit for bit
+# (tests/e2e/test_train.py), without the 4.5 s accelerate's launcher takes to start. Tests of anything but the
+# launcher use it; the README's quickstart and inference commands run as written.
+PYTHON = [sys.executable]
 # Small and deterministic: enough to exercise every part of the loop in seconds.
 FAST = ["model.kwargs.width=8", "train.deterministic=true"]
 
 
-def launch(script: str, args: list[str], env: dict, launcher: list[str] = CPU_LAUNCH, check: bool = True,
+def launch(script: str, args: list[str], env: dict, launcher: list[str] = PYTHON, check: bool = True,
            timeout: float = 600, **popen) -> subprocess.CompletedProcess:
     cmd = [*launcher, str(REPO / "harness" / script), *map(str, args)]
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, **popen)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def without_threads(env: dict) -> dict:
+    """The tests' ``env`` as a user's shell has it: no thread count set (the harness's default, or the SLURM
+    scripts', decides)."""
+    return {k: v for k, v in env.items() if k != "HARNESS_CPU_THREADS"}
 
 
 def one_line_error(result) -> str:
@@ -54,7 +64,6 @@ def run_infer(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
     return launch("infer.py", args, env, **kw)
 
 
-PYTHON = [sys.executable]  # a launcher for a plain single-process run, signalled directly by tests
 DDP = [*ACCELERATE, "-q", "--config_file", "launch_configs/cpu_ddp.yaml"]  # two CPU processes over gloo
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from harness.checkpointing.folders import MARKER, manifest, verify
-from tests.helpers import DIGITS, FAST, PYTHON, assert_same_weights, marker, plant, pointer, run_train, summary, tree
+from tests.helpers import DIGITS, FAST, assert_same_weights, marker, plant, pointer, run_train, summary, tree
 
 # 20 updates per epoch; a step checkpoint every 3 updates, two kept.
 SETTINGS = [*FAST, "train.epochs=2", "checkpoint.every_n_steps=3", "checkpoint.keep_last=2"]
@@ -72,7 +72,7 @@ def test_auto_resume_falls_back_from_a_broken_newest_checkpoint(runs, env, tmp_p
     else:
         (newest / MARKER).unlink()
     (run / "checkpoints" / ".tmp-step-00000021").mkdir()  # as a kill during a save leaves it
-    explicit = run_train(["--resume", newest], env, launcher=PYTHON, check=False)
+    explicit = run_train(["--resume", newest], env, check=False)
     assert explicit.returncode == 2 and f"--resume {newest}: not a complete checkpoint" in explicit.stderr
     result = run_train(command(tmp_path), env)  # the same command as before: continues the run
     assert "skipping checkpoint" in result.stdout and "falling back to step-00000018" in result.stdout
@@ -84,13 +84,13 @@ def test_auto_resume_falls_back_from_a_broken_newest_checkpoint(runs, env, tmp_p
 @pytest.mark.slow
 def test_same_command_refuses_another_config_and_never_mode(runs, env, tmp_path):
     shutil.copytree(runs / "half", tmp_path / "half")
-    changed = run_train([*command(tmp_path), "optim.lr=0.5"], env, launcher=PYTHON, check=False)
+    changed = run_train([*command(tmp_path), "optim.lr=0.5"], env, check=False)
     assert changed.returncode == 2
     assert changed.stderr.strip() == (
         f"error: {tmp_path / 'half'} holds a run with another config (optim.lr: 0.003 there, 0.5 here): "
         f"--resume {tmp_path / 'half'} continues it with its own config, --run-name NAME starts another run, "
         "--force starts over in it (deleting it)")
-    never = run_train([*command(tmp_path), "--resume", "never"], env, launcher=PYTHON, check=False)
+    never = run_train([*command(tmp_path), "--resume", "never"], env, check=False)
     assert never.returncode == 2 and "already holds a run (--resume never)" in never.stderr
     assert summary(tmp_path / "half")["status"] == "interrupted"  # untouched
     run_train([*command(tmp_path), "optim.lr=0.5", "--force"], env)  # starts over in it, with the new config
@@ -101,7 +101,7 @@ def test_same_command_refuses_another_config_and_never_mode(runs, env, tmp_path)
 @pytest.mark.slow
 def test_nan_loss_fails_cleanly_and_keeps_the_last_checkpoint(runs, env, tmp_path):
     nan_env = {**env, "HARNESS_FAULT_NAN_AT_STEP": "27"}
-    result = run_train(command(tmp_path, "nan"), nan_env, launcher=PYTHON, check=False)
+    result = run_train(command(tmp_path, "nan"), nan_env, check=False)
     run = tmp_path / "nan"
     message = ("non-finite loss or gradients at epoch 2, step 27 (batch 7); nothing of it was saved, the last "
                "checkpoint (step-00000024) is intact")
@@ -150,7 +150,7 @@ def test_no_file_of_a_checkpoint_can_run_code_when_resumed(runs, env, tmp_path):
         pwned = tmp_path / f"pwned-{name}"
         plant(run / "checkpoints" / "step-00000020", name, pwned)
         before = tree(run)
-        result = run_train(["--resume", run, "--stop-after-epochs", "1"], env, launcher=PYTHON, check=False)
+        result = run_train(["--resume", run, "--stop-after-epochs", "1"], env, check=False)
         assert not pwned.exists(), f"{name}: the payload ran"
         if name == MARKER:
             assert result.returncode == 0 and "falling back to step-00000018" in result.stdout
@@ -173,7 +173,7 @@ def test_a_checkpoint_part_that_does_not_load_is_an_error_not_a_silent_skip(runs
     stamp["files"] = manifest(newest)
     (newest / MARKER).write_text(json.dumps(stamp))
     before = tree(run)
-    result = run_train(["--resume", run, "train.epochs=3"], env, launcher=PYTHON, check=False)
+    result = run_train(["--resume", run, "train.epochs=3"], env, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == (f"error: {newest}: cannot load it (ValueError: random_states_0.pkl lacks "
                                      "['numpy_random_seed', 'random_state', 'torch_manual_seed'])")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import (DIGITS, FAST, PYTHON, REPO, history_metrics, plant, rows, run_infer, run_train, summary,
+from tests.helpers import (DIGITS, FAST, REPO, history_metrics, plant, rows, run_infer, run_train, summary,
                            weights)
 
 pytestmark = [pytest.mark.slow, pytest.mark.deepspeed]
@@ -45,7 +45,7 @@ def test_zero_stage_trains_resumes_exactly_and_exports(env, tmp_path, stage, pre
     tensors = weights(resumed / "weights" / "best.safetensors")
     assert {t.dtype for t in tensors.values()} <= {torch.float32, torch.int64}
     out = tmp_path / "inference"
-    run_infer(["--run", resumed, "--out", out], env, launcher=PYTHON)
+    run_infer(["--run", resumed, "--out", out], env)
     metrics = (out / "metrics.json").read_text()
     assert f'"accuracy": {s["test_acc"]}' in metrics
     if stage == 2:  # DeepSpeed's own checkpoint files cannot run code either

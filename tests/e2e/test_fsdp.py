@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from harness.checkpointing.folders import read_pointer, verify
-from tests.helpers import (ACCELERATE, DDP, DIGITS, FAST, PYTHON, REPO, assert_same_weights, history_metrics,
+from tests.helpers import (ACCELERATE, DDP, DIGITS, FAST, REPO, assert_same_weights, history_metrics,
                            make_image_folder, marker, plant, pointer, rows, run_infer, run_train, summary, tree, weights)
 
 pytestmark = pytest.mark.slow
@@ -164,7 +164,7 @@ def test_one_process_resumes_two_processes_shards_and_inference_needs_no_fsdp(ru
     assert s["test_acc"] == straight["test_acc"] and s["test_loss"] == pytest.approx(straight["test_loss"], rel=1e-6)
 
     out = tmp_path / "inference"
-    run_infer(["--run", runs / "fsdp", "--out", out], env, launcher=PYTHON)
+    run_infer(["--run", runs / "fsdp", "--out", out], env)
     assert f'"accuracy": {straight["test_acc"]}' in (out / "metrics.json").read_text()
 
 

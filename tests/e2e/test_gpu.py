@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import DIGITS, FAST, PYTHON, REPO, run_infer, run_train, summary, weights
+from tests.helpers import DIGITS, FAST, REPO, run_infer, run_train, summary, weights
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -29,7 +29,7 @@ def check_run(run, env, tmp_path, precision, images_apart: int = 0):
     assert s["last"]["train_loss"] < 10
     tensors = weights(run / "weights" / "best.safetensors")
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
-    run_infer(["--run", run, "--out", tmp_path / "inference"], env, launcher=PYTHON)
+    run_infer(["--run", run, "--out", tmp_path / "inference"], env)
     metrics = json.loads((tmp_path / "inference" / "metrics.json").read_text())
     assert abs(metrics["accuracy"] - s["test_acc"]) * metrics["images"] <= images_apart + 1e-6, (metrics, s["test_acc"])
 

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from harness.checkpointing.weights import read_weights
 from harness.data.builtin import builtin_root
-from tests.helpers import DIGITS, PYTHON, REPO, predictions_close, rows, run_infer, summary
+from tests.helpers import CPU_LAUNCH, DIGITS, PYTHON, REPO, predictions_close, rows, run_infer, summary
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def trained(quickstart, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_infer_reproduces_the_training_test_accuracy_exactly(trained, env, tmp_path):
     run = trained
-    result = run_infer(["--run", run], env)
+    result = run_infer(["--run", run], env, launcher=CPU_LAUNCH)  # the README's command
     out = run / "inference" / "test_best"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accuracy"] == summary(run)["test_acc"]
@@ -56,7 +56,7 @@ def test_infer_reproduces_the_training_test_accuracy_exactly(trained, env, tmp_p
     last = json.loads((run / "inference" / "test_last" / "metrics.json").read_text())
     assert last["epoch"] == 12 and metrics == json.loads((out / "metrics.json").read_text())
     again = run_infer(["--run", run, "--checkpoint", "last"], env, check=False)
-    assert again.returncode == 1 and again.stderr.strip() == (
+    assert again.returncode == 2 and again.stderr.strip() == (
         f"error: {run / 'inference' / 'test_last'} already holds predictions.csv, classification_report.txt, "
         "confusion_matrix.png, metrics.json, report.html: --force replaces them, --out DIR writes elsewhere"), again.stderr
     run_infer(["--run", run, "--split", "val", "--checkpoint", "last", "--force", "--out", run / "inference" / "test_last"], env)
@@ -86,7 +86,7 @@ def test_infer_on_unlabeled_images(trained, env, tmp_path):
     assert not (tmp_path / "out" / "confusion_matrix.png").exists()
     (images / "broken.png").write_bytes(b"")
     (images / "notes.jpg").write_text("not an image")
-    refused = run_infer(["--run", run, "--images", images, "--out", tmp_path / "again"], env, launcher=PYTHON, check=False)
+    refused = run_infer(["--run", run, "--images", images, "--out", tmp_path / "again"], env, check=False)
     assert refused.returncode == 2 and refused.stderr.strip().startswith(
         f"error: --images: 2 image(s) cannot be used: {images / 'broken.png'} (UnidentifiedImageError")
     assert f"; {images / 'notes.jpg'} (UnidentifiedImageError" in refused.stderr and not (tmp_path / "again").exists()
@@ -127,7 +127,7 @@ def test_tta_and_ensembles_average_what_they_should(trained, env, tmp_path):
     state, meta = read_weights(other / "weights" / "best.safetensors")
     save_file(state, str(other / "weights" / "best.safetensors"),
               metadata={"harness": json.dumps({**meta, "classes": [*meta["classes"][:-1], "nine"]})})
-    refused = infer("refused", "--ensemble", run, other, launcher=PYTHON, check=False)
+    refused = infer("refused", "--ensemble", run, other, check=False)
     assert refused.returncode != 0 and refused.stderr.strip().splitlines()[-1] == (
         f"error: --ensemble: {other} and {run} predict different classes (only {run} has ['9'], only {other} has "
         "['nine'])")

@@ -54,7 +54,7 @@ def kill_when(cmd: list[str], env: dict, run: Path, condition, poll: float) -> b
 @pytest.fixture(scope="module")
 def reference(env, tmp_path_factory):
     out = tmp_path_factory.mktemp("kill")
-    run_train(["--config", DIGITS, "--output-dir", out, "--run-name", "reference", *SETTINGS], env, launcher=PYTHON)
+    run_train(["--config", DIGITS, "--output-dir", out, "--run-name", "reference", *SETTINGS], env)
     return out / "reference"
 
 
@@ -83,8 +83,7 @@ def test_kill_9_then_rerun_gives_the_reference_weights(reference, env, tmp_path,
     named = read_pointer(run / "checkpoints" / "latest")
     assert named is None or verify(run / "checkpoints" / named) is None, f"latest names a broken {named}"
     # The same command again continues the run (or starts it over, when no checkpoint was complete yet).
-    result = run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "killed", *SETTINGS], env,
-                   launcher=PYTHON)
+    result = run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "killed", *SETTINGS], env)
     assert summary(run)["status"] == "completed"
     if point == "during a checkpoint save":
         assert "left by a save that did not finish" in result.stdout
@@ -98,15 +97,14 @@ def test_kill_9_on_packed_data_then_rerun_gives_the_folders_reference_weights(re
     """The digits packed (``harness/pack.py``) train as the folder does, through a kill -9 in the middle of an
     epoch and the same command again: the folder's reference weights and predictions, bit for bit."""
     packed = tmp_path / "digits-packed"
-    launch("pack.py", [builtin_root("digits", env["HARNESS_CACHE_DIR"]), packed, "--shard-mb", "1"], env,
-           launcher=PYTHON)
+    launch("pack.py", [builtin_root("digits", env["HARNESS_CACHE_DIR"]), packed, "--shard-mb", "1"], env)
     trace, run = tmp_path / "trace", tmp_path / "killed"
     command = ["--config", str(DIGITS), "--output-dir", str(tmp_path), "--run-name", "killed", *SETTINGS,
                "data.builtin=null", f"data.root={packed}"]
     killed = kill_when([*PYTHON, str(REPO / "harness" / "train.py"), *command], {**env, "HARNESS_TRACE_BATCHES": str(trace)},
                        run, trace_reached(trace, 0, 45), 0.005)
     assert killed and read_pointer(run / "checkpoints" / "latest") is not None
-    run_train(command, env, launcher=PYTHON)
+    run_train(command, env)
     assert summary(run)["status"] == "completed"
     assert_same_weights(reference / "weights" / "last.safetensors", run / "weights" / "last.safetensors")
     assert (run / "predictions" / "test.csv").read_text() == (reference / "predictions" / "test.csv").read_text()

@@ -4,13 +4,13 @@ test image evaluated once) and read back by inference and the Python API."""
 import pytest
 
 from harness.data.builtin import builtin_root
-from tests.helpers import DDP, DIGITS, FAST, PYTHON, launch, rows, run_infer, run_train, summary
+from tests.helpers import DDP, DIGITS, FAST, launch, rows, run_infer, run_train, summary
 
 
 @pytest.mark.slow
 def test_ddp_on_packed_data_evaluates_every_image_once_and_inference_reads_it(env, tmp_path):
     packed, source = tmp_path / "digits-packed", builtin_root("digits", env["HARNESS_CACHE_DIR"])
-    launch("pack.py", [source, packed], env, launcher=PYTHON)
+    launch("pack.py", [source, packed], env)
     run_train(["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "ddp", *FAST, "train.epochs=1",
                "data.builtin=null", f"data.root={packed}", "data.cache=memory", "data.num_workers=1"], env,
               launcher=DDP)

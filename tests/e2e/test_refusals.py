@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.helpers import DIGITS, FAST, PYTHON, REPO, launch, summary, tree
+from tests.helpers import DIGITS, FAST, REPO, launch, summary, tree
 
 RUN = ["--config", DIGITS, *FAST, "train.epochs=2", "checkpoint.every_n_steps=15"]
 
@@ -19,8 +19,8 @@ RUN = ["--config", DIGITS, *FAST, "train.epochs=2", "checkpoint.every_n_steps=15
 def finished(env, tmp_path_factory):
     """A completed run of two epochs (out/run), and an inference of it in its folder."""
     out = tmp_path_factory.mktemp("finished")
-    launch("train.py", [*RUN, "--output-dir", out, "--run-name", "run"], env, launcher=PYTHON)
-    launch("infer.py", ["--run", out / "run", "--show", "0"], env, launcher=PYTHON)
+    launch("train.py", [*RUN, "--output-dir", out, "--run-name", "run"], env)
+    launch("infer.py", ["--run", out / "run", "--show", "0"], env)
     return out
 
 
@@ -34,7 +34,7 @@ def copy(finished, tmp_path):
 
 def refused(script: str, args: list, env: dict) -> str:
     """The one line a refused command prints (exit code 2), without its 'error: '."""
-    result = launch(script, args, env, launcher=PYTHON, check=False)
+    result = launch(script, args, env, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
     return lines[0][len("error: "):]
@@ -112,8 +112,8 @@ def test_the_runs_are_never_read_as_data(env, tmp_path):
     project = make_image_folder(tmp_path / "project", classes=2, per_class=10)
     command = ["--config", DIGITS, "data.builtin=null", f"data.root={project}", "data.image_size=16", *FAST,
                "train.epochs=1", "--output-dir", project / "runs"]
-    launch("train.py", [*command, "--run-name", "first"], env, launcher=PYTHON)
-    launch("train.py", [*command, "--run-name", "second"], env, launcher=PYTHON)
+    launch("train.py", [*command, "--run-name", "first"], env)
+    launch("train.py", [*command, "--run-name", "second"], env)
     second = project / "runs" / "second"
     listed = [row["path"] for split in ("train", "val", "test") for row in rows(second / "splits" / f"{split}.csv")]
     assert len(listed) == 20 and not any(path.startswith("runs") for path in listed)

@@ -151,14 +151,14 @@ def test_a_labeled_folder_is_scored_against_its_class_folders(folder_run, env, t
     unknown = tmp_path / "unknown"
     shutil.copytree(root / "test", unknown)
     (unknown / "class_0").rename(unknown / "kitten")
-    refused = run_infer(["--run", run, "--labeled", unknown, "--out", tmp_path / "no"], env, launcher=PYTHON, check=False)
+    refused = run_infer(["--run", run, "--labeled", unknown, "--out", tmp_path / "no"], env, check=False)
     assert refused.returncode == 2 and refused.stderr.strip() == (
         f"error: --labeled {unknown}: 'kitten' is not a class of the run (its classes: class_0, class_1, class_2): "
         "rename or move the folder(s), or score them with --images (unlabeled)")
     loose = tmp_path / "loose"
     shutil.copytree(root / "test", loose)
     shutil.copy(root / "test" / "class_1" / "000.png", loose / "stray.png")
-    refused = run_infer(["--run", run, "--labeled", loose, "--out", tmp_path / "no"], env, launcher=PYTHON, check=False)
+    refused = run_infer(["--run", run, "--labeled", loose, "--out", tmp_path / "no"], env, check=False)
     assert refused.returncode == 2 and refused.stderr.strip() == (
         f"error: --labeled {loose}: 1 image(s) outside every class folder (e.g. stray.png): put each under "
         f"{loose}/<class>/")

@@ -107,7 +107,7 @@ def test_resume_of_a_completed_run_does_not_retrain(straight, env):
 
 
 def test_resume_of_a_missing_run_is_a_clear_error(env, tmp_path):
-    result = run_train(["--resume", tmp_path / "nope"], env, launcher=PYTHON, check=False)
+    result = run_train(["--resume", tmp_path / "nope"], env, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --resume {tmp_path / 'nope'}: neither a run directory (with config.yaml) nor a checkpoint folder"
 

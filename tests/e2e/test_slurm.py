@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAST, REPO, assert_same_weights, run_infer, summary
+from tests.helpers import FAST, REPO, assert_same_weights, run_infer, summary, without_threads
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -140,7 +140,7 @@ def sbatch(script: str, args: list[str], options: list[str], env: dict, out: Pat
     runs = out / "runs"
     output = out / ("slurm-%A_%a.out" if any(o.startswith("--array") for o in options) else "slurm-%j.out")
     result = subprocess.run(["sbatch", "--parsable", f"--output={output}", *ONE_CPU, *options, f"slurm/{script}",
-                             *map(str, args)], cwd=repo, env={**env, "OUTPUT_DIR": str(runs), **variables},
+                             *map(str, args)], cwd=repo, env={**without_threads(env), "OUTPUT_DIR": str(runs), **variables},
                             capture_output=True, text=True, check=True)
     job_id = result.stdout.strip().split(";")[0]
     return Job(job_id, Path(str(output).replace("%j", job_id)), runs)

@@ -50,7 +50,7 @@ def test_a_stop_in_any_phase_is_clean_and_the_same_command_finishes_what_is_left
         assert (run / "config.yaml").exists() and not (run / "summary.json").exists()
     else:
         assert summary(run)["status"] == "interrupted" and summary(run)["reason"] == f"stopped by {signum.name}"
-    finished = run_train(command, env, launcher=PYTHON)
+    finished = run_train(command, env)
     s = summary(run)
     assert s["status"] == "completed" and s["epoch"] == 1 and "test_acc" in s
     trained_again = "epoch 1/1" in finished.stdout
@@ -61,7 +61,7 @@ def test_a_stop_in_any_phase_is_clean_and_the_same_command_finishes_what_is_left
 @pytest.mark.slow
 def test_a_stop_while_a_run_resumes_leaves_it_as_it_was(env, tmp_path):
     command = ["--config", DIGITS, "--output-dir", tmp_path, "--run-name", "run", *FAST, "train.epochs=2"]
-    run_train([*command, "--stop-after-epochs", "1"], env, launcher=PYTHON)
+    run_train([*command, "--stop-after-epochs", "1"], env)
     before = tree(tmp_path)
     stopped = stopped_at("model", command, env)  # the checkpoint's data read back, the model being built
     assert stopped.returncode == 128 + SIGNALS["model"] and tree(tmp_path) == before
