@@ -3,7 +3,7 @@ text report of them); one-vs-rest ROC and precision-recall curves, their AUC and
 probabilities; the pairs of classes most often taken for each other.
 
 Every score is computed as scikit-learn's ``sklearn.metrics`` computes it (the same operations, so the same
-floats: tests/unit/reporting/test_page.py compares them), without importing scikit-learn (a second and 70 MB) at
+floats: tests/unit/evaluation/test_scores.py compares them), without importing scikit-learn (a second and 70 MB) at
 the end of every run."""
 
 from __future__ import annotations

@@ -223,7 +223,8 @@ def _write_outputs(preds: Predictions, classes: list[str], paths: list[str], roo
             confusion=confusion,
             facts=[(key, value) for key, value in facts.items() if value is not None and key != "warnings"]))
         correct = int((preds.predicted == preds.labels).sum())
-        print(f"{name}: accuracy {preds.accuracy():.4f} ({correct}/{len(preds)})\n\n{classification_report(preds, classes)}")
+        print(f"{name}: accuracy {preds.accuracy():.4f} ({correct}/{len(preds)})\n\n"
+              + classification_report(preds, classes))
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(prediction_table(preds, classes, paths, show), end="")
     logger.info(f"{len(preds)} predictions written to {out / 'predictions.csv'}")

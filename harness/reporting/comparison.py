@@ -126,7 +126,8 @@ def class_f1(paths: list[Path]) -> tuple[list[str], dict[str, dict[str, float]]]
         with open(csv_path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         index = {name: c for c, name in enumerate(run_classes)}
-        labels, predicted = (np.array([index[row[key]] for row in rows], dtype=np.int64) for key in ("label", "prediction"))
+        labels, predicted = (np.array([index[row[key]] for row in rows], dtype=np.int64)
+                             for key in ("label", "prediction"))
         _, _, f1, _ = precision_recall_f1(confusion_counts(labels, predicted, len(run_classes)))
         scores[path.name] = dict(zip(run_classes, map(float, f1)))
     return list(classes), scores

@@ -2,8 +2,8 @@
 the run's summary and curves, the confusion matrix (counts and shares of each true class), per-class scores, the
 one-vs-rest ROC and precision-recall curves, calibration before and after temperature scaling, the pairs of
 classes most often confused, and the model's most confident mistakes and least confident correct predictions as
-thumbnails. Every score on the page is computed as scikit-learn computes it (``harness.evaluation.scores``); each number is also in a
-``data-value`` attribute at full precision, for scripts."""
+thumbnails. Every score on the page is computed as scikit-learn computes it (``harness.evaluation.scores``); each
+number is also in a ``data-value`` attribute at full precision, for scripts."""
 
 from __future__ import annotations
 

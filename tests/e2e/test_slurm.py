@@ -136,11 +136,13 @@ def assert_no_process_left(job_id: str) -> None:
 
 def sbatch(script: str, args: list[str], options: list[str], env: dict, out: Path, repo: Path = REPO,
            **variables: str) -> Job:
-    """``sbatch [options] slurm/<script> args...`` from the repository root, as the README shows."""
+    """``sbatch [options] slurm/<script> args...`` from the repository root, as the README shows, from a user's
+    environment (the scripts set the threads from the allocation)."""
     runs = out / "runs"
     output = out / ("slurm-%A_%a.out" if any(o.startswith("--array") for o in options) else "slurm-%j.out")
     result = subprocess.run(["sbatch", "--parsable", f"--output={output}", *ONE_CPU, *options, f"slurm/{script}",
-                             *map(str, args)], cwd=repo, env={**without_threads(env), "OUTPUT_DIR": str(runs), **variables},
+                             *map(str, args)], cwd=repo,
+                            env={**without_threads(env), "OUTPUT_DIR": str(runs), **variables},
                             capture_output=True, text=True, check=True)
     job_id = result.stdout.strip().split(";")[0]
     return Job(job_id, Path(str(output).replace("%j", job_id)), runs)
