@@ -22,7 +22,7 @@ class Predictions:
 
     @classmethod
     def from_batches(cls, batches: list[tuple[torch.Tensor, ...]]) -> "Predictions":
-        columns = [torch.cat(parts).cpu().numpy() for parts in zip(*batches)]
+        columns = [torch.cat(parts).numpy() for parts in zip(*batches)]
         order = np.argsort(columns[0], kind="stable")
         return cls(*(column[order] for column in columns))
 
