@@ -16,14 +16,14 @@ BINS = 15  # equal-width confidence bins of the expected calibration error and t
 
 
 def fit_temperature(preds: Predictions) -> float:
-    """The temperature that minimises the negative log-likelihood of labeled ``preds`` (1.0 when it cannot be
-    fitted: no samples, or a model that is always right with certainty)."""
-    if not len(preds) or not preds.labeled:
+    """The temperature that minimises the negative log-likelihood of labeled ``preds``; 1.0 where none does
+    (``unfitted`` says why)."""
+    if unfitted(preds):
         return 1.0
     log_probs = torch.from_numpy(preds.log_probs).double()
     labels = torch.from_numpy(preds.labels).long()
-    # The NLL is convex in the inverse temperature: L-BFGS on its logarithm (which keeps it positive) finds the
-    # one minimum from 1.
+    # The NLL is convex in the inverse temperature, with one minimum where ``unfitted`` finds nothing against:
+    # L-BFGS on its logarithm (which keeps it positive) finds it from 1.
     log_inverse = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_inverse], lr=1.0, max_iter=100, tolerance_grad=1e-10,
                                   tolerance_change=1e-12, line_search_fn="strong_wolfe")
@@ -39,6 +39,23 @@ def fit_temperature(preds: Predictions) -> float:
     if not np.isfinite(temperature) or preds.scaled(temperature).loss() > preds.loss():
         return 1.0
     return temperature
+
+
+def unfitted(preds: Predictions) -> str | None:
+    """Why no temperature minimises the log loss of ``preds`` (None: one does). Where every image's own class
+    scores highest, the loss falls all the way to a temperature of 0 (probabilities of 1, which the next mistake
+    would make infinitely wrong); where the own classes score no higher than the others on average, it falls as
+    the temperature grows without bound (every probability equal). Neither is a calibration."""
+    if not len(preds) or not preds.labeled:
+        return "it has no labeled images"
+    own = np.take_along_axis(preds.log_probs, preds.labels[:, None], axis=1)[:, 0]
+    if (own >= preds.log_probs.max(axis=1)).all():
+        return (f"each of its {len(preds)} images has its own class scored highest: the log loss falls toward a "
+                "temperature of 0, without a minimum")
+    if (own - preds.log_probs.mean(axis=1)).mean() <= 0:
+        return ("its images' own classes score no higher than the others on average: the log loss falls as the "
+                "temperature grows, without a minimum")
+    return None
 
 
 @dataclass

@@ -81,14 +81,15 @@ def infer(args: argparse.Namespace) -> int:
 def _temperatures(args: argparse.Namespace, runs: list[RunDir], metas: list[dict]) -> list[float] | None:
     """Each model's temperature (from its weights file), unless ``--no-calibration``; said in the log. None (the
     model's own probabilities) when a model has none: its weights predate calibration, or are ``last``, for which
-    no temperature is fitted."""
+    no temperature is fitted, or its validation split could fit none."""
     if args.no_calibration:
         logger.info("probabilities as the model gives them (--no-calibration)")
         return None
-    lacking = [str(rundir.weights_file(args.checkpoint)) for rundir, meta in zip(runs, metas) if not meta.get("temperature")]
+    lacking = [f"{rundir.weights_file(args.checkpoint)}: "
+               + meta.get("uncalibrated", "no temperature (one is fitted for the best weights at the end of a run)")
+               for rundir, meta in zip(runs, metas) if not meta.get("temperature")]
     if lacking:
-        logger.info(f"probabilities uncalibrated: {', '.join(lacking)} carries no temperature (one is fitted for the "
-                    "best weights at the end of a run)")
+        logger.info(f"probabilities uncalibrated: {'; '.join(lacking)}")
         return None
     temperatures = [float(meta["temperature"]) for meta in metas]
     logger.info(f"probabilities calibrated: logits divided by the temperature {', '.join(f'{t:.4f}' for t in temperatures)}"

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from harness.checkpointing.loading import restore_best
 from harness.checkpointing.weights import write_weights
 from harness.data.workers import release_workers
-from harness.evaluation.calibration import fit_temperature
+from harness.evaluation.calibration import fit_temperature, unfitted
 from harness.evaluation.evaluate import evaluate
 from harness.evaluation.predictions import Predictions
 from harness.evaluation.selection import OWN, chosen_weights
@@ -44,7 +44,7 @@ def weights_meta(parts: Parts, record: dict) -> dict:
 
 
 def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[str, Predictions]] | None
-                  ) -> dict[str, float]:
+                  ) -> dict[str, float | str]:
     """Load the best checkpoint; evaluate each split; fit the temperature on the validation split; write the
     weights (with it), reports, predictions (calibrated), curves, figures and report.html. ``last_val``: this
     session's last validation, (epoch, predictions by weights), reused when it is the best's."""
@@ -66,17 +66,26 @@ def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[s
                 preds = raw[split]
                 results[f"{split}_acc"], results[f"{split}_loss"] = preds.accuracy(), preds.loss()
                 logger.info(f"{split}: accuracy {preds.accuracy():.4f} loss {preds.loss():.4f} ({len(preds)} images)")
-        temperature = fit_temperature(raw["val"])
-        fit = (raw["val"].loss(), raw["val"].scaled(temperature).loss())
-        logger.info(f"temperature {temperature:.4f} (fitted on val: log loss {fit[0]:.4f} -> {fit[1]:.4f}); the "
-                    "predictions and report.html give calibrated probabilities")
+        why = unfitted(raw["val"])
+        if why:
+            temperature, fit = None, None
+            calibration = {"uncalibrated": f"no temperature fitted on the validation split: {why}"}
+            logger.warning(f"{calibration['uncalibrated']}; the predictions and report.html give the model's own "
+                           "probabilities")
+        else:
+            temperature = fit_temperature(raw["val"])
+            fit = (raw["val"].loss(), raw["val"].scaled(temperature).loss())
+            calibration = {"temperature": temperature}
+            logger.info(f"temperature {temperature:.4f} (fitted on val: log loss {fit[0]:.4f} -> {fit[1]:.4f}); "
+                        "the predictions and report.html give calibrated probabilities")
         # Written again from the loaded model, so it matches the best checkpoint whatever stopped in between.
         write_weights(parts.accelerator, parts.model, parts.rundir, "best",
-                      {**weights_meta(parts, best), "temperature": temperature})
-    results["temperature"] = temperature
+                      {**weights_meta(parts, best), **calibration})
+    results.update(calibration)
     pause_at("reports")
     if parts.accelerator.is_main_process:
-        confusion = {split: _write_split(parts, split, raw[split].scaled(temperature)) for split in splits}
+        reported = {split: raw[split] if why else raw[split].scaled(temperature) for split in splits}
+        confusion = {split: _write_split(parts, split, reported[split]) for split in splits}
         updates = updates_per_epoch(len(parts.train_loader), parts.cfg.train.grad_accum_steps)
         rates = lr_per_update(parts.cfg.optim, parts.cfg.scheduler, parts.cfg.train.epochs, updates,
                               parts.cfg.model.freeze_backbone_epochs)
@@ -85,14 +94,14 @@ def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[s
         shown = "test" if "test" in splits else splits[-1]
         write_report(parts.rundir.report, ReportInputs(
             title=f"{parts.rundir.name}: {shown} split, best weights (epoch {state.best_epoch})", split=shown,
-            classes=parts.splits.classes, preds=raw[shown].scaled(temperature),
+            classes=parts.splits.classes, preds=reported[shown],
             paths=[path for path, _ in parts.splits.splits[shown]], root=parts.splits.root, temperature=temperature,
             facts=_facts(parts, results), curves=curves, confusion=confusion[shown], fit=fit,
             config_text=parts.rundir.config.read_text()))
     return results
 
 
-def _facts(parts: Parts, results: dict[str, float]) -> list[tuple[str, object]]:
+def _facts(parts: Parts, results: dict[str, float | str]) -> list[tuple[str, object]]:
     state, cfg = parts.state, parts.cfg
     facts = [("run", str(parts.rundir.root)), ("model", cfg.model.name),
              ("epochs", f"{state.epoch} of {cfg.train.epochs}"

@@ -80,7 +80,7 @@ class Trainer:
         if state.stopped_early_at is None and end < epochs:
             raise TrainingInterrupted(f"stopped after {stop_after_epochs} epoch(s) (--stop-after-epochs)", 0)
 
-    def finish(self) -> dict[str, float]:
+    def finish(self) -> dict[str, float | str]:
         """The best weights on every split, with the run's reports (``harness.training.final_evaluation``)."""
         pause_at("final")
         return evaluate_best(self.parts, self.inputs, self.last_val)

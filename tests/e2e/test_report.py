@@ -118,6 +118,34 @@ def test_temperature_scaling_lowers_the_validation_loss_and_changes_no_predictio
     assert np.allclose(plain.probabilities.max(1), [float(r["confidence"]) for r in theirs[:20]], atol=2e-6)
 
 
+def test_a_validation_split_the_model_gets_all_right_fits_no_temperature(env, tmp_path):
+    """Two colours, every validation image right: the log loss has no minimum (it falls toward T = 0, where
+    every probability is 1), so the run fits none, says why, and every output gives the model's own
+    probabilities."""
+    root = tmp_path / "images"
+    for split, per_class in (("train", 16), ("val", 4), ("test", 4)):
+        make_image_folder(root / split, classes=2, per_class=per_class)
+    config = tmp_path / "two.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": str(root), "image_size": 16, "augmentations": []},
+                                      "model": {"name": "compact_cnn", "kwargs": {"width": 8}},
+                                      "train": {"epochs": 2, "batch_size": 8, "deterministic": True}}))
+    result = run_train(["--config", config, "--output-dir", tmp_path], env)
+    run, why = tmp_path / "two", ("no temperature fitted on the validation split: each of its 8 images has its own "
+                                  "class scored highest")
+    assert f"WARNING {why}" in result.stdout
+    trained = summary(run)
+    assert trained["val_acc"] == 1.0 and "temperature" not in trained and trained["uncalibrated"].startswith(why)
+    from harness.checkpointing.weights import read_weights
+
+    meta = read_weights(run / "weights" / "best.safetensors")[1]
+    assert "temperature" not in meta and meta["uncalibrated"] == trained["uncalibrated"]
+    assert "probabilities as the model gives them (uncalibrated)" in (run / "report.html").read_text()
+    inferred = run_infer(["--run", run, "--split", "val", "--out", tmp_path / "val", "--show", "0"], env)
+    assert f"probabilities uncalibrated: {run / 'weights' / 'best.safetensors'}: {why}" in inferred.stdout
+    assert json.loads((tmp_path / "val" / "metrics.json").read_text())["calibrated"] is False
+    assert rows(tmp_path / "val" / "predictions.csv") == rows(run / "predictions" / "val.csv")
+
+
 @pytest.fixture(scope="module")
 def folder_run(env, tmp_path_factory) -> Path:
     """A run on an image folder with train/, val/ and test/ (three classes)."""
