@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
-from harness.errors import UserError, one_line
+from harness.errors import LaunchError, UserError, one_line
 
 T = TypeVar("T")
 
@@ -59,7 +60,19 @@ def timed_out(error: BaseException) -> bool:
 
 def leave_together(accelerator: Accelerator) -> None:
     """Every process waits for the others, then the process group is torn down. A process that exits while
-    another still writes reports can take the job down with it (DeepSpeed's shared-memory transport aborts),
-    and one that exits with its gloo group still alive can abort in its interpreter's teardown."""
-    accelerator.wait_for_everyone()
+    another still writes reports can take the job down with it (DeepSpeed's shared-memory transport aborts).
+
+    They meet in the rendezvous store, not in a collective. A gloo barrier holds every collective still in flight
+    when it was called and frees them when it completes, on gloo's own thread, while the process goes on to exit:
+    freeing their tensors needs the interpreter, which may be finalizing by then, and the process aborts
+    ("terminate called without an active exception"; seen at the end of FSDP2 runs, whose device mesh keeps the
+    group, and its threads, alive past ``destroy_process_group``)."""
+    if accelerator.num_processes > 1:
+        store, rank = dist.distributed_c10d._get_default_store(), dist.get_rank()
+        try:
+            store.set(f"harness/leave/{rank}", "1")
+            store.wait([f"harness/leave/{other}" for other in range(dist.get_world_size())])
+        except RuntimeError as error:  # the store's timeout (the collective timeout), or the store gone
+            raise LaunchError(f"another process of the run did not reach its end (its error, if any, is above): "
+                              f"{one_line(error)}") from None
     accelerator.end_training()
