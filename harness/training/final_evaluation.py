@@ -66,25 +66,15 @@ def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[s
                 preds = raw[split]
                 results[f"{split}_acc"], results[f"{split}_loss"] = preds.accuracy(), preds.loss()
                 logger.info(f"{split}: accuracy {preds.accuracy():.4f} loss {preds.loss():.4f} ({len(preds)} images)")
-        why = unfitted(raw["val"])
-        if why:
-            temperature, fit = None, None
-            calibration = {"uncalibrated": f"no temperature fitted on the validation split: {why}"}
-            logger.warning(f"{calibration['uncalibrated']}; the predictions and report.html give the model's own "
-                           "probabilities")
-        else:
-            temperature = fit_temperature(raw["val"])
-            fit = (raw["val"].loss(), raw["val"].scaled(temperature).loss())
-            calibration = {"temperature": temperature}
-            logger.info(f"temperature {temperature:.4f} (fitted on val: log loss {fit[0]:.4f} -> {fit[1]:.4f}); "
-                        "the predictions and report.html give calibrated probabilities")
+        temperature, fit, calibration = _calibrate(raw["val"])
         # Written again from the loaded model, so it matches the best checkpoint whatever stopped in between.
         write_weights(parts.accelerator, parts.model, parts.rundir, "best",
                       {**weights_meta(parts, best), **calibration})
     results.update(calibration)
     pause_at("reports")
     if parts.accelerator.is_main_process:
-        reported = {split: raw[split] if why else raw[split].scaled(temperature) for split in splits}
+        reported = {split: raw[split] if temperature is None else raw[split].scaled(temperature)
+                    for split in splits}
         confusion = {split: _write_split(parts, split, reported[split]) for split in splits}
         updates = updates_per_epoch(len(parts.train_loader), parts.cfg.train.grad_accum_steps)
         rates = lr_per_update(parts.cfg.optim, parts.cfg.scheduler, parts.cfg.train.epochs, updates,
@@ -99,6 +89,22 @@ def evaluate_best(parts: Parts, inputs: ModelInputs, last_val: tuple[int, dict[s
             facts=_facts(parts, results), curves=curves, confusion=confusion[shown], fit=fit,
             config_text=parts.rundir.config.read_text()))
     return results
+
+
+def _calibrate(val: Predictions) -> tuple[float | None, tuple[float, float] | None, dict[str, float | str]]:
+    """The temperature fitted on the validation predictions ``val``, their log loss before and after, and what the
+    weights and summary.json record: the temperature, or why none was fitted (None, None then)."""
+    why = unfitted(val)
+    if why:
+        calibration = {"uncalibrated": f"no temperature fitted on the validation split: {why}"}
+        logger.warning(f"{calibration['uncalibrated']}; the predictions and report.html give the model's own "
+                       "probabilities")
+        return None, None, calibration
+    temperature = fit_temperature(val)
+    fit = (val.loss(), val.scaled(temperature).loss())
+    logger.info(f"temperature {temperature:.4f} (fitted on val: log loss {fit[0]:.4f} -> {fit[1]:.4f}); "
+                "the predictions and report.html give calibrated probabilities")
+    return temperature, fit, {"temperature": temperature}
 
 
 def _facts(parts: Parts, results: dict[str, float | str]) -> list[tuple[str, object]]:
