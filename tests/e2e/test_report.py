@@ -118,17 +118,22 @@ def test_temperature_scaling_lowers_the_validation_loss_and_changes_no_predictio
     assert np.allclose(plain.probabilities.max(1), [float(r["confidence"]) for r in theirs[:20]], atol=2e-6)
 
 
+def split_folders(root: Path, config: Path, classes: int, per_class: tuple[int, int, int]) -> Path:
+    """Class folders under ``root``'s train/, val/ and test/ (``per_class`` images each), and at ``config`` a run
+    config training a small CNN on them for 2 epochs."""
+    for split, count in zip(("train", "val", "test"), per_class):
+        make_image_folder(root / split, classes=classes, per_class=count)
+    config.write_text(yaml.safe_dump({"data": {"root": str(root), "image_size": 16, "augmentations": []},
+                                      "model": {"name": "compact_cnn", "kwargs": {"width": 8}},
+                                      "train": {"epochs": 2, "batch_size": 8, "deterministic": True}}))
+    return config
+
+
 def test_a_validation_split_the_model_gets_all_right_fits_no_temperature(env, tmp_path):
     """Two colours, every validation image right: the log loss has no minimum (it falls toward T = 0, where
     every probability is 1), so the run fits none, says why, and every output gives the model's own
     probabilities."""
-    root = tmp_path / "images"
-    for split, per_class in (("train", 16), ("val", 4), ("test", 4)):
-        make_image_folder(root / split, classes=2, per_class=per_class)
-    config = tmp_path / "two.yaml"
-    config.write_text(yaml.safe_dump({"data": {"root": str(root), "image_size": 16, "augmentations": []},
-                                      "model": {"name": "compact_cnn", "kwargs": {"width": 8}},
-                                      "train": {"epochs": 2, "batch_size": 8, "deterministic": True}}))
+    config = split_folders(tmp_path / "images", tmp_path / "two.yaml", classes=2, per_class=(16, 4, 4))
     result = run_train(["--config", config, "--output-dir", tmp_path], env)
     run, why = tmp_path / "two", ("no temperature fitted on the validation split: each of its 8 images has its own "
                                   "class scored highest")
@@ -150,12 +155,7 @@ def test_a_validation_split_the_model_gets_all_right_fits_no_temperature(env, tm
 def folder_run(env, tmp_path_factory) -> Path:
     """A run on an image folder with train/, val/ and test/ (three classes)."""
     root = tmp_path_factory.mktemp("images")
-    for split, per_class in (("train", 24), ("val", 8), ("test", 8)):
-        make_image_folder(root / split, classes=3, per_class=per_class)
-    config = root / "folder.yaml"
-    config.write_text(yaml.safe_dump({"data": {"root": str(root), "image_size": 16, "augmentations": []},
-                                      "model": {"name": "compact_cnn", "kwargs": {"width": 8}},
-                                      "train": {"epochs": 2, "batch_size": 8, "deterministic": True}}))
+    config = split_folders(root, root / "folder.yaml", classes=3, per_class=(24, 8, 8))
     runs = tmp_path_factory.mktemp("runs")
     run_train(["--config", config, "--output-dir", runs], env)
     return runs / "folder"
